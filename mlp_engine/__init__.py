@@ -1,0 +1,45 @@
+"""mlp_engine: multilayer perceptrons from the lecture, as a PyTorch training library.
+
+    from mlp_engine import JobSpec, fit, load_model
+    result = fit(JobSpec.model_validate({"dataset": {"builtin": "digits"}}))
+
+The spec, registry and theory modules import no torch; the names that need torch are
+loaded on first use, so a process that only validates specs (the API) starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "JobSpec", "DatasetInfo", "Limits", "resolve_spec",
+    "build_model", "fit", "FitResult", "Callback", "TrainState",
+    "save_model", "load_model", "export_state_dict",
+    "exact_parameter_count", "parameter_count_formula", "linear_region_bounds",
+    "single_layer_regions", "montufar_lower_bound",
+    "load_dataset", "read_table",
+    "MLPEngineError",
+]
+
+_WHERE = {
+    "JobSpec": "spec", "DatasetInfo": "spec", "Limits": "spec", "resolve_spec": "spec",
+    "build_model": "model", "fit": "training", "FitResult": "training",
+    "Callback": "callbacks", "TrainState": "callbacks",
+    "save_model": "weights", "load_model": "weights", "export_state_dict": "weights",
+    "exact_parameter_count": "theory", "parameter_count_formula": "theory",
+    "linear_region_bounds": "theory", "single_layer_regions": "theory",
+    "montufar_lower_bound": "theory",
+    "load_dataset": "data", "read_table": "data",
+    "MLPEngineError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'mlp_engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,80 @@
+"""Errors raised by the engine.
+
+MLPEngineError
+ ├── SpecError          a job spec that cannot be resolved (bad sizes, limits, class weights)
+ ├── DataError          data that cannot be read or used (parse errors, NaN, bad labels)
+ ├── TrainingError      training that cannot go on
+ │    └── DivergedError  the loss became NaN or infinite
+ ├── TrainingStopped    a callback asked training to stop (cancel, time limit); not a failure
+ │    ├── Cancelled
+ │    └── TimeLimitExceeded
+ └── WeightsError       a weights or checkpoint file that cannot be loaded
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MLPEngineError",
+    "SpecError",
+    "DataError",
+    "TrainingError",
+    "DivergedError",
+    "TrainingStopped",
+    "Cancelled",
+    "TimeLimitExceeded",
+    "WeightsError",
+]
+
+
+class MLPEngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class SpecError(MLPEngineError, ValueError):
+    """A spec that is valid on its own but cannot be used (with its data, or past a limit).
+
+    `field` is the dotted path of the offending field, for example ``model.hidden_dims``.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class DataError(MLPEngineError, ValueError):
+    """Data that cannot be read or trained on; the message says what to fix."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class TrainingError(MLPEngineError):
+    """Training failed for a reason of its own."""
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, value: float) -> None:
+        kind = "NaN" if value != value else "infinite"
+        super().__init__(f"loss became {kind} at epoch {epoch}")
+        self.epoch = epoch
+
+
+class TrainingStopped(MLPEngineError):
+    """A callback stopped training on purpose; `fit` re-raises it after on_train_end."""
+
+
+class Cancelled(TrainingStopped):
+    """Training was cancelled by its owner."""
+
+
+class TimeLimitExceeded(TrainingStopped):
+    """Training ran longer than allowed."""
+
+
+class WeightsError(MLPEngineError):
+    """A weights or checkpoint file that cannot be read."""
