@@ -272,7 +272,8 @@ DIAGNOSTICS = _table(
     Choice("internal_covariate_shift", "",
            doc="per layer ||G - G'||_2 (Santurkar et al. 2018): gradient change caused by "
                "the update of earlier layers",
-           extra={"cost": "two extra backward passes on one batch per epoch"}),
+           extra={"cost": "one forward/backward pass per Linear layer, plus one, on one "
+                          "batch per epoch, on a copy of the model"}),
 )
 
 

@@ -232,7 +232,7 @@ class RegularizationSpec(_Strict):
 
 
 _EARLY_STOP_METRICS = (
-    "val_loss", "train_loss", "val_accuracy", "train_accuracy", "val_r2", "val_mae",
+    "val_loss", "train_loss", "val_accuracy", "val_r2", "val_mae",
     "val_f1_micro", "val_subset_accuracy", "val_pair_accuracy", "val_knn_accuracy",
 )
 
