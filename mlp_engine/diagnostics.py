@@ -37,11 +37,15 @@ def _activation_inputs(model: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor],
     """Per hidden layer: the activation's input (pre-activation) and output."""
     pre: list[torch.Tensor] = []
     post: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        pre.append(inputs[0])
+        post.append(output)
+
     hooks = []
     for block in model.hidden:
         act = next(m for m in block if not isinstance(m, nn.Linear | nn.BatchNorm1d))
-        hooks.append(act.register_forward_hook(
-            lambda _m, inp, out: (pre.append(inp[0]), post.append(out))))
+        hooks.append(act.register_forward_hook(keep))
     try:
         model(x)
     finally:
