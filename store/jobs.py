@@ -1,0 +1,567 @@
+"""The job repository: every read and state change of a job, shared by the API and the worker.
+
+State changes that race (claiming a job, renewing its lease, cancelling, finishing) are
+single conditional UPDATEs, so two processes can never both win. Each function commits.
+
+    queued ──claim──> running ──finish──> succeeded | failed
+       │                 │ ──request_cancel──> cancelling ──worker stops──> cancelled
+       └──request_cancel──> cancelled
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import IdempotencyConflict, InvalidCursor, JobStateError
+from .models import ACTIVE, TERMINAL, Job, JobMetric, JobStatus, new_id, utcnow
+
+__all__ = [
+    "create_job",
+    "get_job",
+    "get_job_for_tenant",
+    "list_jobs",
+    "claim_job",
+    "renew_lease",
+    "record_epochs",
+    "get_metrics",
+    "finish_job",
+    "request_cancel",
+    "delete_job",
+    "dataset_in_use",
+    "count_by_status",
+    "mark_enqueued",
+    "summarize",
+    "job_public",
+    "rfc3339",
+    "as_utc",
+    "json_safe",
+]
+
+MAX_LIST_LIMIT = 200
+
+
+# --------------------------------------------------------------------------- time and JSON
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every datetime we store is UTC."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def rfc3339(dt: datetime | None) -> str | None:
+    dt = as_utc(dt)
+    if dt is None:
+        return None
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: NumPy/torch scalars to Python numbers, NaN and inf to None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return json_safe(item())
+        except (TypeError, ValueError):
+            pass
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return json_safe(tolist())
+    return str(value)
+
+
+# --------------------------------------------------------------------------- create / read
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    spec: dict[str, Any],
+    name: str | None = None,
+    dataset_id: str | None = None,
+    device: str = "auto",
+    queue: str = "cpu",
+    parameter_count: int = 0,
+    epochs: int | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job; return (job, created).
+
+    With an `idempotency_key`, a repeat with the same `request_hash` returns the existing
+    job and created=False; the same key with another hash raises IdempotencyConflict.
+    """
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _idempotent_repeat(existing, request_hash), False
+    if epochs is None:
+        epochs = int((spec.get("training") or {}).get("epochs") or 0)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=name if name is not None else spec.get("name"),
+        status=JobStatus.QUEUED,
+        spec=spec,
+        dataset_id=dataset_id,
+        device=device,
+        queue=queue,
+        parameter_count=parameter_count,
+        epochs=epochs,
+        epoch=0,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=now,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _idempotent_repeat(existing, request_hash), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def _idempotent_repeat(job: Job, request_hash: str | None) -> Job:
+    if job.request_hash != request_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body; "
+            "use a new key for a new job")
+    return job
+
+
+def get_job(session: Session, job_id: str, *, fresh: bool = True) -> Job | None:
+    return session.get(Job, job_id, populate_existing=fresh)
+
+
+def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """The job if it exists and belongs to the tenant, else None (the API answers 404)."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.tenant_id != tenant_id:
+        return None
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([rfc3339_full(job.created_at), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def rfc3339_full(dt: datetime | None) -> str | None:
+    dt = as_utc(dt)
+    return dt.isoformat(timespec="microseconds") if dt else None
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        created_at = datetime.fromisoformat(created)
+        if not isinstance(job_id, str):
+            raise TypeError
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor("cursor: not a cursor this service handed out; "
+                            "pass next_cursor from the previous page") from exc
+    return as_utc(created_at), job_id  # type: ignore[return-value]
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    status: str | Sequence[str] | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """A page of the tenant's jobs, newest first, and the cursor of the next page."""
+    limit = max(1, min(int(limit), MAX_LIST_LIMIT))
+    q = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        statuses = [status] if isinstance(status, str) else list(status)
+        q = q.where(Job.status.in_(statuses))
+    if name is not None:
+        q = q.where(Job.name == name)
+    if cursor:
+        created_at, job_id = _decode_cursor(cursor)
+        if session.get_bind().dialect.name == "sqlite":
+            created_at = created_at.replace(tzinfo=None)  # compared as stored: naive UTC
+        q = q.where(or_(Job.created_at < created_at,
+                        and_(Job.created_at == created_at, Job.id < job_id)))
+    q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(q))
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def dataset_in_use(session: Session, dataset_id: str) -> bool:
+    """Whether a queued, running or cancelling job trains on this dataset."""
+    return session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.dataset_id == dataset_id, Job.status.in_(ACTIVE))) > 0
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    counts = {s: 0 for s in (*ACTIVE, *TERMINAL)}
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING,
+             or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
+    )
+
+
+def claim_job(
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    lease_s: float,
+    max_attempts: int = 3,
+    take_over_from: str | None = None,
+    now: datetime | None = None,
+) -> Job | None:
+    """Take the job for this worker, in one conditional UPDATE; None when not claimable.
+
+    Claimable: queued, or running with an expired lease (its worker died; the new attempt
+    resumes from the last checkpoint), or running under `take_over_from` (a worker known to
+    be dead). Each claim counts an attempt; a job that would need more than `max_attempts`
+    fails instead. A job with a live lease, a terminal job and a cancelling or cancelled job
+    answer None.
+    """
+    now = now or utcnow()
+    claimable = _claimable(now)
+    if take_over_from is not None:
+        claimable = or_(claimable, and_(Job.status == JobStatus.RUNNING,
+                                        Job.worker_id == take_over_from))
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempts < max_attempts)
+        .values(status=JobStatus.RUNNING, worker_id=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now), updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    if claimed == 1:
+        return session.get(Job, job_id, populate_existing=True)
+
+    # not ours: out of attempts, or a cancel whose worker died, or simply not claimable
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempts >= max_attempts)
+        .values(status=JobStatus.FAILED, error_type="max_attempts",
+                error_message=(f"the job was started {max_attempts} times without finishing "
+                               "(its worker was lost each time); gave up after "
+                               f"MLP_MAX_ATTEMPTS={max_attempts}"),
+                finished_at=now, updated_at=now, worker_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.CANCELLING,
+               or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+        .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
+                worker_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False))
+    session.commit()
+    return None
+
+
+def renew_lease(
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    lease_s: float,
+    now: datetime | None = None,
+) -> str | None:
+    """Extend this worker's lease; return the job's status (the worker stops on
+    "cancelling"), or None when the worker no longer holds the job."""
+    now = now or utcnow()
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id,
+               Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    if renewed != 1:
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse")
+
+
+def _lower_is_better(metric: str) -> bool:
+    return any(metric.endswith(s) for s in _LOWER_IS_BETTER)
+
+
+def _metric_values(record: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in record.items()
+        if k.startswith(("train_", "val_")) and isinstance(v, (int, float))
+        and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def _monitor(spec: dict[str, Any] | None, values: dict[str, float]) -> str:
+    es = ((spec or {}).get("training") or {}).get("early_stopping")
+    if isinstance(es, dict) and es.get("metric"):
+        return str(es["metric"])
+    return "val_loss" if "val_loss" in values else "train_loss"
+
+
+def summarize(records: Iterable[dict[str, Any]], previous: dict[str, Any] | None = None, *,
+              spec: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Fold epoch records into the job's metrics summary:
+    `{"best_epoch", "monitor", "final": {epoch, metrics...}, "best": {metric: value}}`."""
+    summary = dict(previous) if previous else None
+    for record in sorted(records, key=lambda r: r["epoch"]):
+        values = _metric_values(record)
+        if summary is None:
+            summary = {"best_epoch": None, "monitor": _monitor(spec, values),
+                       "best_value": None, "final": {}, "best": {}}
+        epoch = int(record["epoch"])
+        if epoch >= int(summary["final"].get("epoch", 0)):
+            summary["final"] = {"epoch": epoch, **values}
+        best = dict(summary["best"])
+        for k, v in values.items():
+            old = best.get(k)
+            if old is None or (v < old if _lower_is_better(k) else v > old):
+                best[k] = v
+        summary["best"] = best
+        monitor = summary["monitor"]
+        if monitor in values:
+            v, old = values[monitor], summary.get("best_value")
+            if old is None or (v < old if _lower_is_better(monitor) else v > old):
+                summary["best_value"], summary["best_epoch"] = v, epoch
+    return summary
+
+
+def _insert_ignore(session: Session):  # type: ignore[no-untyped-def]
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(JobMetric).on_conflict_do_nothing(index_elements=["job_id", "epoch"])
+
+
+def record_epochs(
+    session: Session,
+    job_id: str,
+    records: Sequence[dict[str, Any]],
+    *,
+    checkpoint_uri: str | None = None,
+    checkpoint_epoch: int | None = None,
+) -> None:
+    """Store per-epoch records (each with "epoch"), ignoring epochs already recorded (a
+    resumed attempt repeats the epochs after its checkpoint), and move the job's progress
+    and metrics summary forward, never back. With `checkpoint_uri`, record the checkpoint
+    in the same transaction."""
+    records = [json_safe(r) for r in records]
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return
+    if records:
+        now = utcnow()
+        session.execute(_insert_ignore(session), [
+            {"job_id": job_id, "epoch": int(r["epoch"]), "record": r, "created_at": now,
+             "train_loss": r.get("train_loss")}
+            for r in records
+        ])
+        new = [r for r in records if int(r["epoch"]) > job.epoch]
+        if new:
+            job.metrics_summary = summarize(new, job.metrics_summary, spec=job.spec)
+            job.epoch = max(int(r["epoch"]) for r in new)
+    if checkpoint_uri is not None:
+        job.checkpoint_uri = checkpoint_uri
+        job.checkpoint_epoch = checkpoint_epoch
+    job.updated_at = utcnow()
+    session.commit()
+
+
+def get_metrics(session: Session, job_id: str, *, since: int | None = None) -> list[dict[str, Any]]:
+    """The job's epoch records in order (each with "epoch"); `since=N` gives epochs after N."""
+    q = select(JobMetric.record).where(JobMetric.job_id == job_id)
+    if since is not None:
+        q = q.where(JobMetric.epoch > since)
+    return list(session.scalars(q.order_by(JobMetric.epoch)))
+
+
+# --------------------------------------------------------------------------- end states
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    status: str,
+    *,
+    error: tuple[str, str] | dict[str, str] | None = None,
+    weights: dict[str, Any] | None = None,
+    summary_updates: dict[str, Any] | None = None,
+    worker_id: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Move a job to a terminal status; False when it is already terminal (or, with
+    `worker_id`, when that worker no longer holds it).
+
+    `error`: (type, message) or {"type", "message"}. `weights`: any of `uri`, `bytes`,
+    `sha256`, `pt_uri`, `pt_bytes`, `pt_sha256`.
+    """
+    if status not in TERMINAL:
+        raise ValueError(f"finish_job: {status!r} is not a terminal status")
+    now = now or utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now,
+                              "lease_expires_at": None}
+    if error is not None:
+        etype, message = (error["type"], error["message"]) if isinstance(error, dict) else error
+        values["error_type"], values["error_message"] = etype[:64], message
+    if weights:
+        for key, column in (("uri", "weights_uri"), ("bytes", "weights_bytes"),
+                            ("sha256", "weights_sha256"), ("pt_uri", "weights_pt_uri"),
+                            ("pt_bytes", "weights_pt_bytes"),
+                            ("pt_sha256", "weights_pt_sha256")):
+            if key in weights:
+                values[column] = weights[key]
+    q = update(Job).where(Job.id == job_id, Job.status.notin_(TERMINAL))
+    if worker_id is not None:
+        q = q.where(Job.worker_id == worker_id)
+    done = session.execute(q.values(**values).execution_options(
+        synchronize_session=False)).rowcount == 1
+    if done and summary_updates:
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None:
+            job.metrics_summary = {**(job.metrics_summary or {}), **json_safe(summary_updates)}
+    session.commit()
+    return done
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Cancel a job: a queued one is cancelled at once, a running one becomes "cancelling"
+    until its worker stops at the next batch boundary. Raises JobStateError once finished.
+    The caller also sets the Redis cancel flag (store.events.set_cancel_flag)."""
+    now = utcnow()
+    changed = 0
+    for from_status, to_status, extra in (
+        (JobStatus.QUEUED, JobStatus.CANCELLED, {"finished_at": now}),
+        (JobStatus.RUNNING, JobStatus.CANCELLING, {}),
+    ):
+        changed = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == from_status)
+            .values(status=to_status, updated_at=now, **extra)
+            .execution_options(synchronize_session=False)).rowcount
+        if changed:
+            break
+    session.commit()
+    session.refresh(job)
+    if not changed and job.status in TERMINAL:
+        raise JobStateError(f"job {job.id} has already finished ({job.status}); there is "
+                            "nothing to cancel", status=job.status)
+    return job
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Delete the job and its metrics (the caller removes its artifacts,
+    `jobs/<id>/`). Raises JobStateError while it is queued, running or cancelling."""
+    if job.status in ACTIVE:
+        raise JobStateError(f"job {job.id} is {job.status}; cancel it and wait until it has "
+                            "stopped before deleting it", status=job.status)
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job.id))
+    session.execute(delete(Job).where(Job.id == job.id, Job.status.in_(TERMINAL)))
+    session.commit()
+
+
+# --------------------------------------------------------------------------- public view
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The job object of SPEC section 3, as the API answers it and status events carry it."""
+    error = None
+    if job.error_type or job.error_message:
+        error = {"type": job.error_type, "message": job.error_message}
+    artifacts = None
+    if job.weights_uri:
+        artifacts = {"weights": {"format": "safetensors", "bytes": job.weights_bytes,
+                                 "sha256": job.weights_sha256}}
+        if job.weights_pt_uri:
+            artifacts["weights_pt"] = {"format": "pt", "bytes": job.weights_pt_bytes,
+                                       "sha256": job.weights_pt_sha256}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "spec": job.spec,
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
+        "progress": {"epoch": job.epoch, "epochs": job.epochs},
+        "attempts": job.attempts,
+        "device": job.device,
+        "parameter_count": job.parameter_count,
+        "metrics": _public_summary(job.metrics_summary),
+        "error": error,
+        "artifacts": artifacts,
+    }
+
+
+def _public_summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not summary:
+        return None
+    public = {k: summary.get(k) for k in ("best_epoch", "monitor", "final", "best")}
+    if "stopped_early" in summary:
+        public["stopped_early"] = summary["stopped_early"]
+    return public

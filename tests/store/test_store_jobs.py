@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from store import jobs
+from store.errors import IdempotencyConflict, InvalidCursor, JobStateError
+from store.models import JobMetric, JobStatus, utcnow
+
+BOTH_BACKENDS = pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    indirect=True)
+pytestmark = BOTH_BACKENDS
+
+SPEC = {"name": "iris", "dataset": {"builtin": "iris"}, "task": "classification",
+        "training": {"epochs": 5}}
+
+
+def new_job(session, tenant, **kw):
+    job, created = jobs.create_job(session, tenant_id=tenant.id, spec=SPEC, **kw)
+    assert created
+    return job
+
+
+def test_create_and_public_view(db_session, tenant):
+    job = new_job(db_session, tenant, parameter_count=123)
+    public = jobs.job_public(job)
+    assert set(public) == {"id", "name", "status", "spec", "created_at", "started_at",
+                           "finished_at", "progress", "attempts", "device",
+                           "parameter_count", "metrics", "error", "artifacts"}
+    assert public["status"] == "queued"
+    assert public["name"] == "iris"
+    assert public["progress"] == {"epoch": 0, "epochs": 5}
+    assert public["created_at"].endswith("Z")
+    assert public["started_at"] is None and public["error"] is None
+    assert public["artifacts"] is None and public["metrics"] is None
+    assert public["parameter_count"] == 123
+
+
+def test_idempotency_key(db_session, tenant):
+    a, created = jobs.create_job(db_session, tenant_id=tenant.id, spec=SPEC,
+                                 idempotency_key="k1", request_hash="h1")
+    b, created_again = jobs.create_job(db_session, tenant_id=tenant.id, spec=SPEC,
+                                       idempotency_key="k1", request_hash="h1")
+    assert created and not created_again and a.id == b.id
+    with pytest.raises(IdempotencyConflict):
+        jobs.create_job(db_session, tenant_id=tenant.id, spec=SPEC,
+                        idempotency_key="k1", request_hash="h2")
+
+
+def test_tenant_isolation_and_listing(db_session, tenant):
+    from store.keys import get_or_create_tenant
+
+    other = get_or_create_tenant(db_session, f"other-{tenant.id}")
+    mine = [new_job(db_session, tenant) for _ in range(5)]
+    theirs = new_job(db_session, other)
+    assert jobs.get_job_for_tenant(db_session, tenant.id, theirs.id) is None
+    assert jobs.get_job_for_tenant(db_session, tenant.id, mine[0].id).id == mine[0].id
+
+    seen, cursor = [], None
+    while True:
+        page, cursor = jobs.list_jobs(db_session, tenant.id, limit=2, cursor=cursor)
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert seen == [j.id for j in reversed(mine)]  # newest first, each once
+    page, _ = jobs.list_jobs(db_session, tenant.id, status="running")
+    assert page == []
+    with pytest.raises(InvalidCursor):
+        jobs.list_jobs(db_session, tenant.id, cursor="garbage!")
+
+
+def test_claim_semantics(db_session, tenant):
+    job = new_job(db_session, tenant)
+    claimed = jobs.claim_job(db_session, job.id, worker_id="w1", lease_s=30)
+    assert claimed is not None and claimed.status == "running" and claimed.attempts == 1
+    assert claimed.started_at is not None
+    # a second delivery while the lease is live does nothing
+    assert jobs.claim_job(db_session, job.id, worker_id="w2", lease_s=30) is None
+    assert jobs.get_job(db_session, job.id).worker_id == "w1"
+    # after the lease expired, the next delivery takes it over and counts an attempt
+    later = utcnow() + timedelta(seconds=31)
+    again = jobs.claim_job(db_session, job.id, worker_id="w2", lease_s=30, now=later)
+    assert again is not None and again.attempts == 2 and again.worker_id == "w2"
+    # the first worker has lost it
+    assert jobs.renew_lease(db_session, job.id, worker_id="w1", lease_s=30) is None
+    assert jobs.renew_lease(db_session, job.id, worker_id="w2", lease_s=30) == "running"
+
+
+def test_max_attempts_fails_the_job(db_session, tenant):
+    job = new_job(db_session, tenant)
+    t = utcnow()
+    for attempt in range(1, 4):
+        t += timedelta(seconds=100)
+        got = jobs.claim_job(db_session, job.id, worker_id=f"w{attempt}", lease_s=10,
+                             max_attempts=3, now=t)
+        assert got is not None and got.attempts == attempt
+    t += timedelta(seconds=100)
+    assert jobs.claim_job(db_session, job.id, worker_id="w4", lease_s=10, max_attempts=3,
+                          now=t) is None
+    job = jobs.get_job(db_session, job.id)
+    assert job.status == "failed" and job.attempts == 3
+    public = jobs.job_public(job)
+    assert public["error"]["type"] == "max_attempts"
+    assert "MLP_MAX_ATTEMPTS=3" in public["error"]["message"]
+
+
+def test_terminal_and_cancelled_jobs_are_not_claimed(db_session, tenant):
+    job = new_job(db_session, tenant)
+    jobs.request_cancel(db_session, job)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert jobs.claim_job(db_session, job.id, worker_id="w", lease_s=10) is None
+    with pytest.raises(JobStateError):
+        jobs.request_cancel(db_session, job)
+
+    job2 = new_job(db_session, tenant)
+    jobs.claim_job(db_session, job2.id, worker_id="w", lease_s=10)
+    assert jobs.finish_job(db_session, job2.id, "succeeded", worker_id="w")
+    assert not jobs.finish_job(db_session, job2.id, "failed")  # already terminal
+    assert jobs.claim_job(db_session, job2.id, worker_id="w", lease_s=10,
+                          now=utcnow() + timedelta(hours=1)) is None
+
+
+def test_cancel_running_job(db_session, tenant):
+    job = new_job(db_session, tenant)
+    jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
+    job = jobs.request_cancel(db_session, jobs.get_job(db_session, job.id))
+    assert job.status == "cancelling"
+    assert jobs.request_cancel(db_session, job).status == "cancelling"  # repeat is fine
+    assert jobs.renew_lease(db_session, job.id, worker_id="w", lease_s=30) == "cancelling"
+    # a cancelling job whose worker died ends cancelled on the next delivery
+    assert jobs.claim_job(db_session, job.id, worker_id="w2", lease_s=30,
+                          now=utcnow() + timedelta(seconds=60)) is None
+    assert jobs.get_job(db_session, job.id).status == "cancelled"
+
+
+def test_record_epochs_once_each_and_summary(db_session, tenant):
+    job = new_job(db_session, tenant)
+    jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
+
+    def rec(e, loss, acc):
+        return {"epoch": e, "train_loss": loss + 0.1, "val_loss": loss, "val_accuracy": acc,
+                "lr": 0.01, "epoch_seconds": 0.01, "diagnostics": {"x": float("nan")}}
+
+    jobs.record_epochs(db_session, job.id, [rec(1, 1.0, 0.5), rec(2, 0.5, 0.7)])
+    jobs.record_epochs(db_session, job.id, [rec(3, 0.7, 0.9)],
+                       checkpoint_uri="jobs/x/checkpoint.pt", checkpoint_epoch=3)
+    # a resumed attempt repeats epochs 2..3: ignored, progress does not go back
+    jobs.record_epochs(db_session, job.id, [rec(2, 9.0, 0.0), rec(3, 9.0, 0.0)])
+    job = jobs.get_job(db_session, job.id)
+    assert job.epoch == 3 and job.checkpoint_epoch == 3
+    rows = jobs.get_metrics(db_session, job.id)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[1]["val_loss"] == 0.5
+    assert rows[0]["diagnostics"]["x"] is None  # NaN stored as null
+    assert [r["epoch"] for r in jobs.get_metrics(db_session, job.id, since=1)] == [2, 3]
+    summary = jobs.job_public(job)["metrics"]
+    assert summary["best_epoch"] == 2 and summary["monitor"] == "val_loss"
+    assert summary["final"]["epoch"] == 3 and summary["final"]["val_loss"] == 0.7
+    assert summary["best"]["val_loss"] == 0.5 and summary["best"]["val_accuracy"] == 0.9
+    assert db_session.query(JobMetric).filter_by(job_id=job.id).count() == 3
+
+
+def test_finish_with_weights_and_error(db_session, tenant):
+    job = new_job(db_session, tenant)
+    jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
+    assert jobs.finish_job(db_session, job.id, JobStatus.SUCCEEDED, worker_id="w", weights={
+        "uri": "jobs/j/weights.safetensors", "bytes": 10, "sha256": "a" * 64,
+        "pt_uri": "jobs/j/weights.pt", "pt_bytes": 12, "pt_sha256": "b" * 64},
+        summary_updates={"best_epoch": 4})
+    public = jobs.job_public(jobs.get_job(db_session, job.id))
+    assert public["status"] == "succeeded" and public["finished_at"].endswith("Z")
+    assert public["artifacts"] == {
+        "weights": {"format": "safetensors", "bytes": 10, "sha256": "a" * 64},
+        "weights_pt": {"format": "pt", "bytes": 12, "sha256": "b" * 64}}
+    assert public["metrics"]["best_epoch"] == 4
+
+    job2 = new_job(db_session, tenant)
+    jobs.claim_job(db_session, job2.id, worker_id="w", lease_s=30)
+    assert not jobs.finish_job(db_session, job2.id, "failed", worker_id="someone-else")
+    jobs.finish_job(db_session, job2.id, "failed", error=("diverged", "loss became NaN at epoch 7"))
+    assert jobs.job_public(jobs.get_job(db_session, job2.id))["error"] == {
+        "type": "diverged", "message": "loss became NaN at epoch 7"}
+
+
+def test_delete_and_dataset_in_use(db_session, tenant):
+    job = new_job(db_session, tenant, dataset_id="ds_1")
+    assert jobs.dataset_in_use(db_session, "ds_1")
+    with pytest.raises(JobStateError):
+        jobs.delete_job(db_session, job)
+    jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
+    jobs.record_epochs(db_session, job.id, [{"epoch": 1, "train_loss": 1.0}])
+    jobs.finish_job(db_session, job.id, "succeeded")
+    job = jobs.get_job(db_session, job.id)
+    assert not jobs.dataset_in_use(db_session, "ds_1")
+    jobs.delete_job(db_session, job)
+    assert jobs.get_job(db_session, job.id) is None
+    assert jobs.get_metrics(db_session, job.id) == []
+    assert jobs.count_by_status(db_session)["succeeded"] >= 0

@@ -1,0 +1,126 @@
+"""Worker fixtures: an in-process WorkerContext, and a real Celery worker subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def worker_settings(migrated_db, redis_url, tmp_path):
+    from worker.settings import WorkerSettings
+
+    return WorkerSettings(database_url=migrated_db, redis_url=redis_url,
+                          data_dir=tmp_path, artifacts_url=str(tmp_path / "artifacts"),
+                          lease_seconds=10, worker_threads=1, max_attempts=3)
+
+
+@pytest.fixture
+def make_ctx(worker_settings):
+    from worker.runner import WorkerContext
+
+    made = []
+
+    def make(**overrides):
+        s = worker_settings.model_copy(update=overrides)
+        ctx = WorkerContext.from_settings(s)
+        ctx.worker_id = f"test-{uuid.uuid4().hex[:6]}"
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.redis.close()
+        ctx.session_factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def ctx(make_ctx):
+    return make_ctx()
+
+
+@pytest.fixture
+def tenant_id(session_factory):
+    from store.keys import get_or_create_tenant
+
+    with session_factory() as s:
+        return get_or_create_tenant(s, f"w-{uuid.uuid4().hex[:8]}").id
+
+
+@pytest.fixture
+def make_job(session_factory, tenant_id):
+    from store import jobs
+
+    def make(spec: dict, **kw):
+        with session_factory() as s:
+            job, _ = jobs.create_job(s, tenant_id=tenant_id, spec=spec, **kw)
+            return job.id
+
+    return make
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def celery_worker(database_url, redis_url, tmp_path_factory):
+    """`celery -A worker.celery_app worker -Q cpu -c 1 --pool prefork` as a subprocess,
+    with the test's Redis, database and data directory; stopped (by its own process group)
+    at the end. Yields the environment it runs with."""
+    import redis
+
+    from store.db import init_db
+
+    init_db(database_url)
+    data_dir = tmp_path_factory.mktemp("worker-data")
+    env = {**os.environ,
+           "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+           "MLP_DATA_DIR": str(data_dir), "MLP_ARTIFACTS_URL": str(data_dir / "artifacts"),
+           "MLP_WORKER_THREADS": "1", "MLP_LEASE_SECONDS": "10",
+           # other tests leave queued jobs in the shared database: no recovery sweep here
+           "MLP_RECOVER_INTERVAL_S": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
+    client = redis.Redis.from_url(redis_url)
+    client.delete("cpu", "gpu")  # no stray messages from other tests
+    log_path = data_dir / "worker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu",
+             "-c", "1", "--pool", "prefork", "--loglevel", "INFO",
+             "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
+             "--without-gossip"],
+            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        wait_for(lambda: b"ready" in log_path.read_bytes() or proc.poll() is not None, 60,
+                 0.1)
+        if proc.poll() is not None:
+            raise RuntimeError("the Celery worker did not start:\n" + log_path.read_text())
+        yield {"env": env, "log": log_path, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # warm shutdown: the running task finishes
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started
+                proc.wait()
+        client.delete("cpu", "gpu")
+        client.close()
