@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,7 +44,8 @@ def _activation_inputs(model: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor],
 
     hooks = []
     for block in model.hidden:
-        act = next(m for m in block if not isinstance(m, nn.Linear | nn.BatchNorm1d))
+        act = next(m for m in cast(nn.Sequential, block)
+                   if not isinstance(m, nn.Linear | nn.BatchNorm1d))
         hooks.append(act.register_forward_hook(keep))
     try:
         model(x)
@@ -108,13 +109,22 @@ def internal_covariate_shift(model: MLP, loss_fn: Callable[[torch.Tensor, torch.
     gradient of the loss w.r.t. layer i's weights; G′_i the same gradient after the layers
     before i took their gradient step (plain SGD with the current learning rate), on the
     same batch. Runs on a copy of the model with the random state forked."""
-    with torch.random.fork_rng(devices=[]):
+    cuda = xb.device.type == "cuda"
+    devices = [xb.device.index if xb.device.index is not None else torch.cuda.current_device()
+               ] if cuda else []
+    with torch.random.fork_rng(devices=devices):
         probe = copy.deepcopy(model)
         probe.train()
         layers = probe.linear_layers()
         weights = [lin.weight for lin in layers]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(xb.device) if cuda else None
 
         def grads() -> list[torch.Tensor]:
+            # the same dropout masks (and hinge pairs) for G and G': only the weights differ
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, xb.device)
             loss = loss_fn(probe(xb), yb)
             return list(torch.autograd.grad(loss, weights))
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .spec import JobSpec
 
 __all__ = ["predict"]
 
@@ -21,8 +22,8 @@ def predict(model: torch.nn.Module, x: Any) -> dict[str, Any]:
     target's units (a list per row for several targets); metric_learning: embeddings.
     """
     pre: dict[str, Any] = getattr(model, "preprocessing", {}) or {}
-    spec = model.spec  # type: ignore[attr-defined]
-    xa = np.asarray(x, dtype=np.float32)
+    spec: JobSpec = model.spec  # type: ignore[assignment]
+    xa: np.ndarray = np.asarray(x, dtype=np.float32)
     if xa.ndim == 1:
         xa = xa[None, :]
     if xa.ndim != 2 or xa.shape[1] != spec.model.input_dim:
@@ -36,7 +37,8 @@ def predict(model: torch.nn.Module, x: Any) -> dict[str, Any]:
     out = model(torch.as_tensor(xa, device=device)).float().cpu()  # (N, d_out)
     task = pre.get("task") or spec.task
     if task == "classification":
-        probs = out.exp() if spec.loss.name == "nll" else torch.softmax(out, dim=1)
+        nll = spec.loss is not None and spec.loss.name == "nll"
+        probs = out.exp() if nll else torch.softmax(out, dim=1)
         idx = probs.argmax(dim=1).tolist()
         labels = pre.get("class_labels") or list(range(out.shape[1]))
         return {"predictions": [labels[i] for i in idx], "probabilities": probs.tolist()}

@@ -6,7 +6,7 @@ hot loop; targets are already in the form the loss wants (see `prepare_targets`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ def make_loss(spec: JobSpec, y_train: torch.Tensor, *,
     return module
 
 
-def regularization(params: list[torch.Tensor], *, l1: float, l2: float) -> torch.Tensor | None:
+def regularization(params: Sequence[torch.Tensor], *, l1: float, l2: float) -> torch.Tensor | None:
     """λ₁Σ|θ| + λ₂Σθ² over every parameter tensor (None when both are 0)."""
     if l1 == 0 and l2 == 0:
         return None

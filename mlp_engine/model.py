@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class MLP(nn.Module):
         return x
 
     def linear_layers(self) -> list[nn.Linear]:
-        return [b[0] for b in self.hidden] + [self.output]
+        return [cast(nn.Linear, cast(nn.Sequential, b)[0]) for b in self.hidden] + [self.output]
 
 
 def _gain_args(act: ActivationSpec) -> tuple[str, float | None]:
@@ -85,9 +85,10 @@ def initialize(module: nn.Module, *, init: InitSpec, activation: ActivationSpec)
         fn(weight, gain=gain)
     else:
         name, slope = _gain_args(activation)
-        fn = nn.init.kaiming_uniform_ if init.name == "kaiming_uniform" else nn.init.kaiming_normal_
-        fn(weight, a=slope or 0.0, mode=init.params.get("mode", "fan_in"),
-           nonlinearity=name)  # type: ignore[arg-type]
+        kaiming = (nn.init.kaiming_uniform_ if init.name == "kaiming_uniform"
+                   else nn.init.kaiming_normal_)
+        kaiming(weight, a=slope or 0.0, mode=init.params.get("mode", "fan_in"),
+                nonlinearity=name)  # type: ignore[arg-type]
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 

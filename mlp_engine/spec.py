@@ -159,7 +159,7 @@ class InlineData(_Strict):
             if k == 0 or any(len(v) != k for v in self.y):  # type: ignore[arg-type]
                 raise ValueError("every y list must have the same, non-zero length")
             for v in self.y:
-                if any(not math.isfinite(t) for t in v):  # type: ignore[union-attr]
+                if any(not math.isfinite(t) for t in v):  # type: ignore[arg-type, union-attr]
                     raise ValueError("y holds NaN or infinite values")
         elif isinstance(self.y[0], float | int):
             if any(not math.isfinite(t) for t in self.y):  # type: ignore[arg-type]

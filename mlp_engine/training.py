@@ -285,6 +285,8 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
     scheduler = make_scheduler(spec, optimizer)
     gen = torch.Generator().manual_seed(tr.seed)
     loss_fn = make_loss(spec, data.y_train, generator=gen)
+    # diagnostics draw hinge pairs from the (forked) global RNG, never from the training `gen`
+    diag_loss_fn = make_loss(spec, data.y_train) if spec.diagnostics.any else loss_fn
     early = _EarlyStopping(spec)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -318,6 +320,9 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
     metric_learning = task == "metric_learning"
     hinge = spec.loss.params if metric_learning else {}
     n = data.x_train.shape[0]
+    if spec.model.batch_norm and n < 2:
+        raise SpecError(f"model.batch_norm needs at least 2 training rows; the data leaves {n} "
+                        "after the validation split", field="model.batch_norm")
     bs = min(tr.batch_size, n)
     # BatchNorm cannot normalise a batch of one row: drop such a last batch
     drop_last_single = spec.model.batch_norm and n % bs == 1
@@ -341,9 +346,8 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
                 idx = perm[start:start + bs]
                 out = model(x_train[idx])  # (B, d_out)
                 loss = loss_fn(out, y_train[idx])
-                total = loss
-                if reg.l1 or reg.l2:
-                    total = loss + regularization(params, l1=reg.l1, l2=reg.l2)
+                penalty = regularization(params, l1=reg.l1, l2=reg.l2)  # None when both are 0
+                total = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if tr.gradient_clip_norm is not None:
@@ -369,7 +373,7 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
             if spec.diagnostics.any:
                 model.train()
                 record.update(epoch_diagnostics(spec, model, x_train=x_train, y_train=y_train,
-                                                loss_fn=loss_fn, lr=lr, epoch=epoch))
+                                                loss_fn=diag_loss_fn, lr=lr, epoch=epoch))
                 model.eval()
             seconds = time.perf_counter() - t0
             record.update({"lr": lr, "epoch_seconds": seconds,
@@ -403,6 +407,9 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
 
     if early.cfg is not None and early.cfg.restore_best and early.best_state is not None:
         model.load_state_dict(early.best_state)
+    # like load_model's module, so inference.predict(result.model, x) works on it directly
+    model.spec = spec  # type: ignore[assignment]
+    model.preprocessing = data.preprocessing  # type: ignore[assignment]
     return FitResult(model=model, history=history, spec=spec, preprocessing=data.preprocessing,
                      device=str(dev), best_epoch=early.best_epoch, stopped_early=stopped_early)
 

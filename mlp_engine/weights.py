@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import WeightsError
+from .errors import SpecError, WeightsError
 from .model import MLP, build_model
 from .spec import JobSpec
 
@@ -54,14 +54,24 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[JobSpec, dict[str, Any]
         raise WeightsError(f"not a safetensors weights file: {exc}") from exc
     if "spec" not in meta:
         raise WeightsError("the weights file has no 'spec' in its metadata")
-    return JobSpec.model_validate_json(meta["spec"]), json.loads(meta.get("preprocessing", "{}"))
+    try:
+        spec = JobSpec.model_validate_json(meta["spec"])
+        preprocessing = json.loads(meta.get("preprocessing", "{}"))
+    except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
+        raise WeightsError(f"the weights file's metadata is not valid: {exc}") from exc
+    if not isinstance(preprocessing, dict):
+        raise WeightsError("the weights file's 'preprocessing' metadata is not an object")
+    return spec, preprocessing
 
 
 def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> MLP:
     """Rebuild the module from a weights file alone; returned in eval mode with `.spec`
     and `.preprocessing` attributes."""
     spec, preprocessing = read_metadata(path)
-    model = build_model(spec)
+    try:
+        model = build_model(spec)
+    except SpecError as exc:  # a spec without sizes: not one save_model wrote
+        raise WeightsError(f"the weights file's spec cannot be built: {exc}") from exc
     state = {}
     with safe_open(str(path), framework="pt", device=device) as f:
         for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
