@@ -1,0 +1,1 @@
+"""The HTTP API of the MLP training service (FastAPI): `service.app:create_app`."""

@@ -1,0 +1,130 @@
+"""The FastAPI application: `create_app(settings)` wires settings, database, Redis, the
+Celery client (used only to send tasks by name), the artifact store, error handlers,
+metrics and the routers. Run with `uvicorn --factory service.app:create_app`.
+
+Start-up imports no torch and no worker code; the first prediction loads torch lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import redis
+import redis.asyncio
+from fastapi import FastAPI
+
+from store.artifacts import ArtifactStore
+from store.broker import make_celery
+from store.db import init_db, make_engine, make_session_factory
+from store.jobs import count_by_status
+from store.keys import DEFAULT_TENANT, ensure_default_key, get_or_create_tenant
+
+from .deps import Services
+from .errors import install_error_handlers
+from .inference import ModelCache
+from .middleware import BodySizeLimitMiddleware
+from .observability import QUEUES, MetricsMiddleware, Observability
+from .ratelimit import RateLimiter
+from .reconciler import run_reconciler
+from .routes import catalog, datasets, health, jobs
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+
+def _start(settings: Settings, observability: Observability) -> Services:
+    """Blocking start-up work (migrations, connections), run in a thread."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "tmp").mkdir(exist_ok=True)
+    assert settings.database_url is not None and settings.artifacts_url is not None
+    init_db(settings.database_url)
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    redis_url = settings.effective_redis_url
+    if settings.redis_url is None:
+        log.warning("REDIS_URL is not set; using %s", redis_url)
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,
+                                  health_check_interval=30)
+    celery = make_celery(redis_url, max_runtime_s=settings.max_runtime_s)
+    artifacts = ArtifactStore(settings.artifacts_url)
+
+    default_tenant_id = None
+    with session_factory() as session:
+        if settings.api_key:
+            default_tenant_id = ensure_default_key(session, settings.api_key).id
+        if not settings.auth:
+            default_tenant_id = get_or_create_tenant(session, DEFAULT_TENANT).id
+
+    def jobs_by_status() -> dict[str, int]:
+        with session_factory() as session:
+            return count_by_status(session)
+
+    def queue_depths() -> dict[str, int]:
+        pipe = client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+        return dict(zip(QUEUES, (int(n) for n in pipe.execute()), strict=True))
+
+    observability.add_state(jobs_by_status=jobs_by_status, queue_depths=queue_depths)
+    return Services(
+        settings=settings, engine=engine, session_factory=session_factory, redis=client,
+        aredis=redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=3,
+                                            health_check_interval=30),
+        celery=celery, artifacts=artifacts, observability=observability,
+        rate_limiter=RateLimiter(client, per_minute=settings.rate_limit_per_minute),
+        models=ModelCache(settings.model_cache_size), default_tenant_id=default_tenant_id)
+
+
+def _stop(services: Services) -> None:
+    with contextlib.suppress(Exception):
+        services.celery.close()
+    with contextlib.suppress(Exception):
+        services.redis.close()
+    services.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app. Without `settings`, they are read from the environment (a bad value
+    raises ConfigError naming the variable)."""
+    settings = settings or Settings.load()
+    observability = Observability()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(_start, settings, observability)
+        app.state.services = services
+        reconciler = asyncio.create_task(run_reconciler(services), name="mlp-reconciler")
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reconciler
+            with contextlib.suppress(Exception):
+                await services.aredis.aclose()
+            await anyio.to_thread.run_sync(_stop, services)
+
+    app = FastAPI(
+        title="MLP Training Service",
+        version=API_VERSION,
+        description="Train multilayer perceptrons over REST: describe a job, follow its "
+                    "metrics, download its weights or ask it for predictions.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       exempt=("/v1/datasets",))
+    app.add_middleware(MetricsMiddleware, observability=observability)
+    for module in (health, catalog, jobs, datasets):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,51 @@
+"""Keeps Redis in line with the database, the source of truth, from the API process.
+
+A job is stored (committed as `queued`) before its Celery message is sent, so a Redis
+outage at the wrong moment, a Redis restarted empty, or a worker lost with its lease leaves
+a job the database calls queued (or running, with an expired lease) and no message to run
+it. `store.broker.recover_jobs` finds those and sends them again; a job is only re-sent
+when its `mlp:jobs:<id>:queued` marker (set with each message) is gone and it was last sent
+more than `grace_s` ago. A duplicate message is harmless: workers claim a job in the
+database with a lease before training, so only one delivery runs.
+
+This module runs it once when the API starts and then every `MLP_RECONCILE_INTERVAL_S`
+seconds (0: never, in this process), in a worker thread, logging (not raising) when Redis
+or the database does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+
+from store.broker import recover_jobs
+
+if TYPE_CHECKING:
+    from .deps import Services
+
+__all__ = ["reconcile_once", "run_reconciler"]
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once(services: Services) -> dict[str, int] | None:
+    try:
+        counts = recover_jobs(services.session_factory, services.redis, services.celery,
+                              grace_s=services.settings.reconcile_after_s)
+    except Exception as exc:  # Redis or the database away: try again next round
+        log.warning("reconciler: could not re-queue jobs: %s", exc)
+        return None
+    if any(counts.values()):
+        log.info("reconciler: %s", counts)
+    return counts
+
+
+async def run_reconciler(services: Services) -> None:
+    """Run until cancelled: now, then every `MLP_RECONCILE_INTERVAL_S` (0: not at all)."""
+    interval = services.settings.reconcile_interval_s
+    while interval > 0:
+        await anyio.to_thread.run_sync(reconcile_once, services)
+        await asyncio.sleep(interval)

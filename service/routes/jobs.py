@@ -1,0 +1,349 @@
+"""Jobs: create (validate, store, queue), list, read, cancel, delete, and what a job
+produces: per-epoch metrics, a live event stream, weights, a model card, predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import struct
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy import func, select
+
+from mlp_engine.spec import JobSpec
+from store.broker import enqueue_job, queue_for_device
+from store.events import publish_status, set_cancel_flag
+from store.jobs import (
+    create_job,
+    delete_job,
+    get_metrics,
+    job_public,
+    list_jobs,
+    mark_enqueued,
+    request_cancel,
+)
+from store.models import ACTIVE, Job, JobStatus
+
+from ..deps import JobDep, ServicesDep, SessionDep, TenantDep
+from ..errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unavailable
+from ..schemas import (
+    SPEC_EXAMPLES,
+    Artifact,
+    ErrorBody,
+    JobList,
+    JobPublic,
+    LayerRow,
+    MetricsPublic,
+    ModelCard,
+    PredictRequest,
+    PredictResult,
+    ValidationErrorBody,
+)
+from ..specs import request_hash, resolve_for_tenant
+from ..sse import job_event_stream
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+Responses = dict[int | str, dict[str, Any]]
+_E: dict[str, Any] = {"model": ErrorBody}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses={401: {**_E, "description": "no valid API key"},
+                              429: {**_E, "description": "rate limit"}})
+_NOT_FOUND: Responses = {404: {**_E, "description": "no such job for this API key"}}
+_INVALID: Responses = {
+    422: {"model": ValidationErrorBody, "description": "`message` names the field"}}
+_NOT_READY: Responses = {409: {**_E, "description": "the job has not succeeded"}}
+_UNPARSABLE: Responses = {400: {**_E, "description": "a body that is not UTF-8 JSON"}}
+_JOB_ID = {"job_id": "$response.body#/id"}
+# OpenAPI links: what a created job's id opens (clients and fuzzers follow them)
+_JOB_LINKS = {name: {"operationId": op, "parameters": _JOB_ID} for name, op in (
+    ("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("DeleteJob", "deleteJob"),
+    ("GetJobMetrics", "getJobMetrics"), ("GetJobWeights", "getJobWeights"),
+    ("GetModelCard", "getModelCard"), ("Predict", "predict"))}
+StatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+def _public(job: Job) -> JobPublic:
+    return JobPublic.model_validate(job_public(job))
+
+
+def _location(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+# --------------------------------------------------------------------------- create, list
+
+
+@router.post(
+    "", status_code=201, response_model=JobPublic, operation_id="createJob",
+    responses={201: {"description": "the job, queued", "links": _JOB_LINKS},
+               **_INVALID, **_UNPARSABLE,
+               409: {**_E, "description": "Idempotency-Key reused with another body"},
+               503: {**_E, "description": "the job is stored but Redis does not answer; it "
+                                          "is queued again once Redis is back"}},
+    summary="validate, store and queue a training job")
+def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
+           response: Response, services: ServicesDep, session: SessionDep, tenant: TenantDep,
+           idempotency_key: Annotated[str | None, Header(
+               min_length=1, max_length=200,
+               description="a repeat with the same key and body returns the same job")
+           ] = None) -> JobPublic:
+    settings = services.settings
+    digest = request_hash(spec)
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise Conflict("this Idempotency-Key was already used with a different "
+                               "request body; use a new key for a new job")
+            response.headers["Location"] = _location(existing.id)
+            response.headers["Idempotent-Replayed"] = "true"
+            return _public(existing)
+
+    active = session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant.id, Job.status.in_(ACTIVE))) or 0
+    if active >= settings.max_active_jobs_per_tenant:
+        raise TooManyRequests(
+            f"{active} jobs are queued or running for this API key, the limit "
+            f"max_active_jobs_per_tenant={settings.max_active_jobs_per_tenant} "
+            "(MLP_MAX_ACTIVE_JOBS_PER_TENANT); wait for some to finish or cancel them",
+            retry_after=30)
+
+    resolved = resolve_for_tenant(session, tenant_id=tenant.id, spec=spec,
+                                  limits=settings.limits())
+    queue = queue_for_device(resolved.spec.device, services.redis)
+    job, created = create_job(
+        session, tenant_id=tenant.id, spec=resolved.spec.model_dump(mode="json"),
+        name=resolved.spec.name, dataset_id=resolved.dataset_id, device=resolved.spec.device,
+        queue=queue, parameter_count=resolved.parameter_count,
+        epochs=resolved.spec.training.epochs, idempotency_key=idempotency_key,
+        request_hash=digest)
+    response.headers["Location"] = _location(job.id)
+    if not created:  # an identical request won the race for the same Idempotency-Key
+        response.headers["Idempotent-Replayed"] = "true"
+        return _public(job)
+    try:
+        enqueue_job(services.celery, job.id, queue, redis=services.redis)
+    except Exception as exc:  # kombu and redis-py raise several kinds when Redis is away
+        log.warning("job %s stored but not queued: %s", job.id, exc)
+        raise Unavailable(
+            f"job {job.id} is stored (status queued) but Redis does not answer; it will be "
+            "queued again automatically once Redis is back",
+            headers={"Location": _location(job.id), "Retry-After": "30"}) from exc
+    mark_enqueued(session, job.id)
+    session.refresh(job)
+    return _public(job)
+
+
+@router.get("", response_model=JobList, operation_id="listJobs",
+            responses={400: {**_E, "description": "bad cursor"}},
+            summary="the caller's jobs, newest first")
+def list_(services: ServicesDep, session: SessionDep, tenant: TenantDep,
+          status: Annotated[StatusName | None, Query(description="only jobs in this status")
+                            ] = None,
+          name: Annotated[str | None, Query(max_length=200)] = None,
+          limit: Annotated[int, Query(ge=1, le=100)] = 20,
+          cursor: Annotated[str | None, Query(max_length=1000,
+                                              description="next_cursor of the previous page")
+                            ] = None) -> JobList:
+    jobs, next_cursor = list_jobs(session, tenant.id, status=status, name=name, limit=limit,
+                                  cursor=cursor)
+    return JobList(items=[_public(j) for j in jobs], next_cursor=next_cursor)
+
+
+# --------------------------------------------------------------------------- one job
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND, summary="the job",
+            operation_id="getJob")
+def get(job: JobDep) -> JobPublic:
+    return _public(job)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             operation_id="cancelJob",
+             responses={**_NOT_FOUND, 409: {**_E, "description": "the job has finished"}},
+             summary="cancel: a queued job at once, a running one at the next batch")
+def cancel(job: JobDep, services: ServicesDep, session: SessionDep) -> JobPublic:
+    job = request_cancel(session, job)
+    try:
+        if job.status == JobStatus.CANCELLING:
+            set_cancel_flag(services.redis, job.id)
+        publish_status(services.redis, job)
+    except Exception as exc:  # the database holds the request; the worker also reads it
+        log.warning("cancel of %s: Redis does not answer: %s", job.id, exc)
+    return _public(job)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, operation_id="deleteJob",
+               responses={**_NOT_FOUND, 409: {**_E, "description": "the job is active"}},
+               summary="delete a finished job with its metrics and artifacts")
+def delete(job: JobDep, services: ServicesDep, session: SessionDep) -> Response:
+    job_id = job.id
+    delete_job(session, job)
+    services.models.forget(job_id)
+    try:
+        services.artifacts.delete_prefix(f"jobs/{job_id}/")
+    except Exception as exc:  # the record is gone; a leftover file is harmless
+        log.warning("could not delete the artifacts of %s: %s", job_id, exc)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_NOT_FOUND,
+            operation_id="getJobMetrics",
+            summary="the per-epoch records")
+def metrics(job: JobDep, session: SessionDep,
+            since: Annotated[int | None, Query(ge=0, le=2**31,
+                                               description="only epochs after this one")
+                             ] = None) -> MetricsPublic:
+    records = get_metrics(session, job.id, since=since)
+    return MetricsPublic.model_validate({"job_id": job.id, "epochs": records})
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, operation_id="streamJobEvents",
+            responses={**_NOT_FOUND, 200: {"content": {"text/event-stream": {
+                "schema": {"type": "string"}}}, "description": "Server-Sent Events"}},
+            summary="live status and metrics as Server-Sent Events")
+def events(job: JobDep, services: ServicesDep, session: SessionDep,
+           last_event_id: Annotated[str | None, Header(
+               max_length=20, description="the last epoch received, to resume")] = None
+           ) -> StreamingResponse:
+    since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    job_id = job.id
+    session.close()  # give the connection back: the stream may last hours
+    stream = job_event_stream(job_id=job_id, session_factory=services.session_factory,
+                              client=services.aredis, poll_s=services.settings.sse_poll_s,
+                              heartbeat_s=services.settings.sse_heartbeat_s,
+                              last_epoch=since)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _require_success(job: Job, what: str) -> None:
+    if job.status != JobStatus.SUCCEEDED or not job.weights_uri:
+        raise Conflict(f"job {job.id} is {job.status}; {what} exist only once it has "
+                       "succeeded")
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return etag in tags
+
+
+@router.get("/{job_id}/weights", response_class=FileResponse, operation_id="getJobWeights",
+            responses={**_NOT_FOUND, **_NOT_READY,
+                       200: {"content": {"application/octet-stream": {
+                           "schema": {"type": "string", "format": "binary"}}},
+                           "description": "safetensors (or a torch state_dict with "
+                                          "format=pt); ETag is the sha256"},
+                       304: {"description": "If-None-Match matched the ETag"}},
+            summary="download the trained weights")
+def weights(job: JobDep, services: ServicesDep,
+            format: Annotated[Literal["safetensors", "pt"], Query(
+                description="safetensors (default) or pt (torch state_dict)")] = "safetensors",
+            if_none_match: Annotated[str | None, Header(max_length=1000)] = None) -> Response:
+    _require_success(job, "weights")
+    if format == "pt":
+        uri, sha, suffix = job.weights_pt_uri, job.weights_pt_sha256, "pt"
+        if not uri:
+            raise NotFound(f"job {job.id} has no torch state_dict export; download the "
+                           "safetensors file")
+    else:
+        uri, sha, suffix = job.weights_uri, job.weights_sha256, "safetensors"
+    assert uri is not None
+    etag = f'"{sha}"'
+    if sha and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    path = services.artifacts.local_path(uri)
+    headers = {"ETag": etag} if sha else {}
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"{job.id}.{suffix}", headers=headers)
+
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def _read_safetensors_header(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensor table and metadata of a safetensors file, from its JSON header alone
+    (8 bytes little-endian length, then JSON): no torch, no tensor data read."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > _MAX_HEADER:
+            raise ValueError(f"safetensors header of {n} bytes")
+        header = json.loads(fh.read(n))
+    metadata = header.pop("__metadata__", None) or {}
+    return header, metadata
+
+
+_TENSOR_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3,
+                 "num_batches_tracked": 4}
+
+
+def _layer_order(name: str) -> tuple[list[Any], int, str]:
+    """Module path in natural order (`net.2` before `net.10`), then weight, bias, stats."""
+    module, _, leaf = name.rpartition(".")
+    path = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", module) if p]
+    return path, _TENSOR_ORDER.get(leaf, 9), leaf
+
+
+def _json_field(metadata: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata[key]) if key in metadata else None
+    except ValueError:
+        return None
+
+
+@router.get("/{job_id}/model", response_model=ModelCard, operation_id="getModelCard",
+            responses={**_NOT_FOUND, **_NOT_READY}, summary="the model card")
+def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
+    _require_success(job, "a model card")
+    assert job.weights_uri is not None
+    header, metadata = _read_safetensors_header(str(services.artifacts.local_path(
+        job.weights_uri)))
+    layers = []
+    for name in sorted(header, key=_layer_order):
+        info = header[name]
+        shape = [int(d) for d in info.get("shape", [])]
+        layers.append(LayerRow(name=name, shape=shape, dtype=str(info.get("dtype", "")),
+                               parameters=math.prod(shape),
+                               trainable=not name.endswith(_BUFFERS)))
+    spec = _json_field(metadata, "spec") or job.spec
+    preprocessing = _json_field(metadata, "preprocessing")
+    labels = (preprocessing or {}).get("class_labels")
+    public = job_public(job)
+    return ModelCard(
+        job_id=job.id, name=job.name, task=spec.get("task"), spec=spec, layers=layers,
+        parameter_count=sum(r.parameters for r in layers if r.trainable),
+        preprocessing=preprocessing, class_labels=labels, metrics=public["metrics"],
+        weights=Artifact.model_validate((public["artifacts"] or {}).get("weights") or {}))
+
+
+@router.post("/{job_id}/predict", response_model=PredictResult, operation_id="predict",
+             responses={**_NOT_FOUND, **_NOT_READY, **_INVALID, **_UNPARSABLE},
+             summary="predictions of the trained model for raw feature rows")
+def predict(body: PredictRequest, job: JobDep, services: ServicesDep) -> PredictResult:
+    _require_success(job, "predictions")
+    assert job.weights_uri is not None
+    width = (job.spec.get("model") or {}).get("input_dim")
+    if width is not None and len(body.x[0]) != width:
+        raise InvalidInput(f"x rows have {len(body.x[0])} features but the model takes "
+                           f"{width}", field="x")
+    path = str(services.artifacts.local_path(job.weights_uri))
+    result = services.models.predict(job_id=job.id, sha256=job.weights_sha256 or "",
+                                     path=path, x=body.x)
+    return PredictResult.model_validate(result)

@@ -1,0 +1,251 @@
+"""Response and request models of the HTTP API, named by role: `*Public` is what a client
+gets back; the job spec itself (`mlp_engine.spec.JobSpec`) is the request body of job
+creation and validation, defined once in the engine."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ErrorItem",
+    "ErrorBody",
+    "ValidationErrorBody",
+    "Progress",
+    "JobError",
+    "Artifact",
+    "JobPublic",
+    "JobList",
+    "EpochRecord",
+    "MetricsPublic",
+    "DatasetPublic",
+    "DatasetList",
+    "ValidateResult",
+    "LinearRegionsBound",
+    "ParameterCountFormula",
+    "PredictRequest",
+    "PredictResult",
+    "LayerRow",
+    "ModelCard",
+    "Health",
+    "Readiness",
+    "MAX_PREDICT_ROWS",
+    "SPEC_EXAMPLES",
+]
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+MAX_PREDICT_ROWS = 10_000
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `message` says what to fix; `detail` repeats it (or lists the
+    fields, for 422)."""
+
+    detail: str | list[ErrorItem]
+    message: str
+    type: str = "error"
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ErrorItem]
+    message: str
+    type: str = "validation_error"
+
+
+# --------------------------------------------------------------------------- jobs
+
+#: Example job specs for the OpenAPI documents (docs, clients and fuzzers start from them).
+SPEC_EXAMPLES: dict[str, Any] = {
+    "digits": {"summary": "a classifier on a builtin dataset", "value": {
+        "name": "digits-relu", "dataset": {"builtin": "digits"},
+        "model": {"hidden_dims": [64, 64], "activation": "relu", "dropout": 0.1},
+        "optimizer": {"name": "adam", "lr": 0.001},
+        "training": {"epochs": 5, "batch_size": 64}}},
+    "inline": {"summary": "XOR from inline data", "value": {
+        "dataset": {"inline": {"x": [[0, 0], [0, 1], [1, 0], [1, 1]], "y": [0, 1, 1, 0]}},
+        "model": {"hidden_dims": [8], "activation": "tanh"},
+        "training": {"epochs": 10, "batch_size": 4, "validation_split": 0}}},
+}
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="epochs completed")
+    epochs: int = Field(description="epochs asked for")
+
+
+class JobError(BaseModel):
+    type: str | None = None
+    message: str | None = None
+
+
+class Artifact(BaseModel):
+    """One stored file: `format` (safetensors, pt), size and sha256 (the download's ETag)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+class JobPublic(BaseModel):
+    """The job object of SPEC section 3."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None = None
+    status: JobStatusName
+    spec: dict[str, Any] = Field(description="the resolved job spec")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    attempts: int = 0
+    device: str | None = None
+    parameter_count: int | None = None
+    metrics: dict[str, Any] | None = Field(
+        default=None, description="summary: best epoch, final and best values")
+    error: JobError | None = None
+    artifacts: dict[str, Artifact] | None = Field(
+        default=None, description="`weights` (safetensors) and `weights_pt` (torch "
+                                  "state_dict) once the job has succeeded")
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last")
+
+
+class EpochRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    epochs: list[EpochRecord]
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    format: str
+    target: list[str]
+    n_rows: int
+    n_features: int
+    n_outputs: int = 1
+    n_classes: int | None = None
+    class_labels: list[Any] | None = None
+    feature_names: list[str]
+    multilabel: bool = False
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+    next_cursor: str | None = None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class ParameterCountFormula(BaseModel):
+    formula: str = Field(description="the closed form in n0 (inputs), n (width), L, k")
+    n0: int
+    n: int | None
+    L: int
+    k: int
+    value: int
+
+
+class LinearRegionsBound(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    lower_bound: str = Field(description="Montúfar et al. lower bound, exact decimal string")
+    log10: float
+
+
+class ValidateResult(BaseModel):
+    resolved_spec: dict[str, Any]
+    parameter_count: int
+    parameter_count_formula: ParameterCountFormula | None = Field(
+        default=None,
+        description="the lecture's closed form, when the hidden widths are uniform and "
+                    "there is no batch norm")
+    linear_regions_bound: LinearRegionsBound | None = Field(
+        default=None, description="for piecewise-linear activations only")
+    device_queue: str | None = None
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    x: list[list[float]] = Field(min_length=1, max_length=MAX_PREDICT_ROWS,
+                                 description="rows of raw (unstandardised) features")
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> PredictRequest:
+        width = len(self.x[0])
+        if width == 0:
+            raise ValueError("x rows must not be empty")
+        for i, row in enumerate(self.x):
+            if len(row) != width:
+                raise ValueError(f"x row {i} has {len(row)} values, row 0 has {width}")
+        return self
+
+
+class PredictResult(BaseModel):
+    predictions: list[Any]
+    probabilities: list[list[float]] | None = None
+
+
+class LayerRow(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+    parameters: int
+    trainable: bool = Field(description="false for batch-norm running statistics")
+
+
+class ModelCard(BaseModel):
+    job_id: str
+    name: str | None = None
+    task: str | None = None
+    spec: dict[str, Any]
+    layers: list[LayerRow]
+    parameter_count: int
+    preprocessing: dict[str, Any] | None = None
+    class_labels: list[Any] | None = None
+    metrics: dict[str, Any] | None = None
+    weights: Artifact
+
+
+# --------------------------------------------------------------------------- health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    down: list[str] = Field(default_factory=list)
