@@ -1,0 +1,5 @@
+"""`python -m mlpctl` is the `mlpctl` command."""
+
+from mlpctl.cli import main
+
+raise SystemExit(main())

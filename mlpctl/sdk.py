@@ -1,0 +1,226 @@
+"""A small Python client for the MLP training service.
+
+    from mlpctl.sdk import Client
+    client = Client("http://127.0.0.1:8000", api_key="mlp_...")
+    job = client.submit({"dataset": {"builtin": "iris"}, "training": {"epochs": 20}})
+    job = client.wait(job["id"])
+    client.weights(job["id"], "iris.safetensors")      # checks the sha256 ETag
+    client.predict(job["id"], [[5.1, 3.5, 1.4, 0.2]])
+
+Every method answers the JSON the API answers (plain dicts); an HTTP error raises
+`APIError` carrying the status code and the service's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["Client", "APIError", "TERMINAL_STATUSES"]
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class APIError(Exception):
+    """The service answered an error status; `.status` and `.body` say which and why."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+def _message(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            value = body.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return value["message"]
+            if value is not None:
+                return json.dumps(value)
+    return fallback
+
+
+class Client:
+    """A connection to one service as one tenant (its API key)."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        base_url = base_url or os.environ.get("MLP_URL", "http://127.0.0.1:8000")
+        api_key = api_key if api_key is not None else os.environ.get("MLP_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+                                  timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text
+            raise APIError(response.status_code,
+                           _message(body, response.reason_phrase or "error"), body)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _pages(self, path: str, params: dict[str, Any], limit: int | None) -> Iterator[Any]:
+        params = {k: v for k, v in params.items() if v is not None}
+        seen = 0
+        cursor = None
+        while True:
+            page = self._json("GET", path, params={**params, **({"cursor": cursor}
+                                                                if cursor else {})})
+            for item in page["items"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    # -- service
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+    def catalog(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/catalog")
+
+    def validate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/specs/validate", json=spec)
+
+    # -- jobs
+
+    def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(self, *, status: str | None = None, name: str | None = None,
+                  limit: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/jobs", {"status": status, "name": name,
+                                        "limit": min(limit, 100) if limit else None}, limit)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def wait(self, job_id: str, *, timeout: float | None = None,
+             poll_s: float = 1.0) -> dict[str, Any]:
+        """Poll until the job is succeeded, failed or cancelled; TimeoutError after
+        `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job["status"] in TERMINAL_STATUSES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def events(self, job_id: str, *, timeout: float | None = None
+               ) -> Iterator[tuple[str, Any]]:
+        """The job's Server-Sent Events as (event, data) pairs, until the `end` event."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
+                               timeout=httpx.Timeout(timeout, connect=10.0)) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise APIError(response.status_code, _message(response.json(), "error"))
+            event, data = "message", list[str]()
+            for line in response.iter_lines():
+                if not line:
+                    if data:
+                        text = "\n".join(data)
+                        try:
+                            payload: Any = json.loads(text)
+                        except ValueError:
+                            payload = text
+                        yield event, payload
+                        if event == "end":
+                            return
+                    event, data = "message", []
+                elif line.startswith(":"):
+                    continue
+                else:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
+            if event == "end":
+                yield event, None
+
+    def metrics(self, job_id: str, *, since: int | None = None) -> dict[str, Any]:
+        params = {"since": since} if since is not None else None
+        return self._json("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+
+    def model_card(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{job_id}/model")
+
+    def weights(self, job_id: str, path: str | os.PathLike[str], *,
+                format: str = "safetensors") -> Path:
+        """Download the weights to `path`, checking them against the sha256 ETag."""
+        params = {"format": format} if format != "safetensors" else None
+        response = self._request("GET", f"/v1/jobs/{job_id}/weights", params=params)
+        data = response.content
+        etag = response.headers.get("ETag", "").strip('"').removeprefix("W/").strip('"')
+        if etag and format == "safetensors" and etag != hashlib.sha256(data).hexdigest():
+            raise APIError(502, f"the weights of {job_id} do not match their ETag (sha256)")
+        target = Path(path)
+        target.write_bytes(data)
+        return target
+
+    def predict(self, job_id: str, x: list[list[Any]]) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{job_id}/predict", json={"x": x})
+
+    # -- datasets
+
+    def upload_dataset(self, path: str | os.PathLike[str], *, target: str,
+                       name: str | None = None, format: str | None = None) -> dict[str, Any]:
+        p = Path(path)
+        form = {"target": target, "name": name or p.stem}
+        if format:
+            form["format"] = format
+        with p.open("rb") as f:
+            return self._json("POST", "/v1/datasets", data=form,
+                              files={"file": (p.name, f, "application/octet-stream")})
+
+    def list_datasets(self, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/datasets", {"limit": min(limit, 100) if limit else None},
+                           limit)
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
