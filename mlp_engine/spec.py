@@ -172,7 +172,7 @@ class DatasetSpec(_Strict):
 
     builtin: str | None = None
     params: dict[str, Any] | None = None
-    id: str | None = Field(default=None, min_length=1, max_length=100)
+    id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     inline: InlineData | None = None
 
     @model_validator(mode="after")

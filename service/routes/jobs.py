@@ -129,6 +129,8 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
     if not created:  # an identical request won the race for the same Idempotency-Key
         response.headers["Idempotent-Replayed"] = "true"
         return _public(job)
+    # the answer shows the job as created (queued): a fast worker may already have it
+    public = _public(job)
     try:
         enqueue_job(services.celery, job.id, queue, redis=services.redis)
     except Exception as exc:  # kombu and redis-py raise several kinds when Redis is away
@@ -138,8 +140,7 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
             "queued again automatically once Redis is back",
             headers={"Location": _location(job.id), "Retry-After": "30"}) from exc
     mark_enqueued(session, job.id)
-    session.refresh(job)
-    return _public(job)
+    return public
 
 
 @router.get("", response_model=JobList, operation_id="listJobs",
@@ -148,7 +149,7 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
 def list_(services: ServicesDep, session: SessionDep, tenant: TenantDep,
           status: Annotated[StatusName | None, Query(description="only jobs in this status")
                             ] = None,
-          name: Annotated[str | None, Query(max_length=200)] = None,
+          name: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$")] = None,
           limit: Annotated[int, Query(ge=1, le=100)] = 20,
           cursor: Annotated[str | None, Query(max_length=1000,
                                               description="next_cursor of the previous page")
