@@ -171,23 +171,25 @@ class ParameterCountFormula(BaseModel):
     n: int | None
     L: int
     k: int
-    value: int
 
 
 class LinearRegionsBound(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     lower_bound: str = Field(description="Montúfar et al. lower bound, exact decimal string")
+    decimal: str = Field(description="the same bound (alias of lower_bound)")
     log10: float
 
 
 class ValidateResult(BaseModel):
     resolved_spec: dict[str, Any]
     parameter_count: int
-    parameter_count_formula: ParameterCountFormula | None = Field(
+    parameter_count_formula: int | None = Field(
         default=None,
-        description="the lecture's closed form, when the hidden widths are uniform and "
-                    "there is no batch norm")
+        description="the lecture's closed form (n0+1)n + (L-1)(n+1)n + (n+1)k, when the "
+                    "hidden widths are uniform and there is no batch norm")
+    parameter_count_formula_detail: ParameterCountFormula | None = Field(
+        default=None, description="the formula and the values it was evaluated at")
     linear_regions_bound: LinearRegionsBound | None = Field(
         default=None, description="for piecewise-linear activations only")
     device_queue: str | None = None

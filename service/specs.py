@@ -119,16 +119,16 @@ def theory_of(resolved: JobSpec) -> dict[str, Any]:
     m = resolved.model
     assert m.input_dim is not None and m.output_dim is not None and m.hidden_dims is not None
     hidden = list(m.hidden_dims)
-    formula = None
+    formula = detail = None
     if len(set(hidden)) <= 1 and not m.batch_norm:
         n = hidden[0] if hidden else None
-        formula = {
-            "formula": parameter_count_formula_text(len(hidden)),
-            "n0": m.input_dim, "n": n, "L": len(hidden), "k": m.output_dim,
-            "value": parameter_count_formula(m.input_dim, n or 0, len(hidden), m.output_dim),
-        }
+        formula = parameter_count_formula(m.input_dim, n or 0, len(hidden), m.output_dim)
+        detail = {"formula": parameter_count_formula_text(len(hidden)),
+                  "n0": m.input_dim, "n": n, "L": len(hidden), "k": m.output_dim}
     regions = None
     piecewise = bool(ACTIVATIONS[m.activation.name].extra.get("piecewise_linear"))
     if piecewise and min([m.input_dim, *hidden]) <= MAX_REGION_BOUND_DIM:
         regions = linear_region_bounds(m.input_dim, hidden)
-    return {"parameter_count_formula": formula, "linear_regions_bound": regions}
+        regions["decimal"] = regions["lower_bound"]
+    return {"parameter_count_formula": formula, "parameter_count_formula_detail": detail,
+            "linear_regions_bound": regions}

@@ -35,8 +35,8 @@ def test_validate_resolves_sizes_and_theory(client, auth):
     assert resolved["loss"]["name"] == "cross_entropy"
     assert (resolved["model"]["input_dim"], resolved["model"]["output_dim"]) == (64, 10)
     assert body["parameter_count"] == 65 * 32 + 33 * 32 + 33 * 10
-    formula = body["parameter_count_formula"]
-    assert formula["value"] == body["parameter_count"]
+    assert body["parameter_count_formula"] == body["parameter_count"]
+    formula = body["parameter_count_formula_detail"]
     assert (formula["n0"], formula["n"], formula["L"], formula["k"]) == (64, 32, 2, 10)
     bound = body["linear_regions_bound"]
     assert int(bound["lower_bound"]) >= 1 and isinstance(bound["log10"], float)
