@@ -4,6 +4,27 @@ The API enqueues by task name with only the job id, so it never imports torch or
 worker's code. Redelivery is safe because a worker claims a job in the database before it
 trains (store.jobs.claim_job); `recover_jobs` re-queues what the database says should be
 queued when Redis has lost it (restarted and emptied, or a worker that died).
+
+The reconciler is `recover_jobs` run by the API process (service/reconciler.py: at start
+and every MLP_RECONCILE_INTERVAL_S), and nothing else runs it. Why there: the API is the
+one process every deployment runs (compose, standalone) and the only one that creates jobs,
+so the gap it covers (a job stored while Redis was away) is its own; it needs no extra
+process (a Celery beat would be one more singleton to run, scheduling through the very
+Redis that may have been emptied); and workers stay consumers only, so a queue with no
+worker still shows the jobs that wait for one. Several API processes may all run it:
+`lock_s` lets one sweep per period, and a duplicate message is harmless anyway.
+
+Known Celery-on-Redis traps and where each is handled:
+- a late-acked message that outlives the visibility timeout is delivered again while the
+  first delivery still runs: the second finds a live lease and returns (claim_job);
+- a killed training process: `task_reject_on_worker_lost` puts its message back, the next
+  delivery sees the process is gone and takes the job over from its last checkpoint;
+  every claim counts an attempt, so a job that always kills its worker fails after
+  MLP_MAX_ATTEMPTS instead of looping;
+- revokes live only in worker memory: cancels are a database state plus a Redis flag
+  (store.events), never a Celery revoke;
+- torch with CUDA does not survive fork: the worker's main process never initialises CUDA
+  (worker.celery_app), only its forked training processes do.
 """
 
 from __future__ import annotations
@@ -40,6 +61,7 @@ log = logging.getLogger(__name__)
 TRAIN_TASK = "worker.tasks.train_job"
 QUEUES = ("cpu", "gpu")
 GPU_WORKER_PREFIX = "mlp:workers:gpu:"
+RECOVER_LOCK = "mlp:recover:lock"
 # a message may wait in the broker for as long as the longest job runs, and more
 VISIBILITY_MARGIN_S = 3600
 
@@ -132,6 +154,7 @@ def recover_jobs(
     celery: Celery,
     *,
     grace_s: float = 15.0,
+    lock_s: float | None = None,
 ) -> dict[str, int]:
     """Make Redis agree with the database, the source of truth. Safe to run anywhere,
     any number of times (a duplicate message is harmless: the claim lets one through).
@@ -141,9 +164,16 @@ def recover_jobs(
     - running jobs whose lease expired (their worker died) are queued again, to resume
       from their last checkpoint on the next claim;
     - cancelling jobs whose lease expired are marked cancelled.
+
+    With `lock_s`, the sweep first takes the Redis key `mlp:recover:lock` for that many
+    seconds and does nothing when another process holds it (one sweep per period across
+    several API processes).
     """
     now = utcnow()
     counts = {"requeued": 0, "cancelled": 0}
+    if lock_s is not None and not redis.set(RECOVER_LOCK, "1", nx=True,
+                                            px=max(1, int(lock_s * 1000))):
+        return counts
     with session_factory() as session:
         candidates = list(session.scalars(select(Job).where(or_(
             and_(Job.status == JobStatus.QUEUED,

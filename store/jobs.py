@@ -28,6 +28,7 @@ __all__ = [
     "create_job",
     "get_job",
     "get_job_for_tenant",
+    "could_be_id",
     "list_jobs",
     "claim_job",
     "renew_lease",
@@ -165,12 +166,22 @@ def _idempotent_repeat(job: Job, request_hash: str | None) -> Job:
     return job
 
 
+def could_be_id(value: str) -> bool:
+    """Whether a string could be one of our ids (`new_id`): anything else is not found,
+    without asking the database (PostgreSQL refuses a NUL character with an error)."""
+    return 0 < len(value) <= 64 and value.isascii() and value.isprintable()
+
+
 def get_job(session: Session, job_id: str, *, fresh: bool = True) -> Job | None:
+    if not could_be_id(job_id):
+        return None
     return session.get(Job, job_id, populate_existing=fresh)
 
 
 def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | None:
     """The job if it exists and belongs to the tenant, else None (the API answers 404)."""
+    if not could_be_id(job_id):
+        return None
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.tenant_id != tenant_id:
         return None
@@ -211,6 +222,8 @@ def list_jobs(
 ) -> tuple[list[Job], str | None]:
     """A page of the tenant's jobs, newest first, and the cursor of the next page."""
     limit = max(1, min(int(limit), MAX_LIST_LIMIT))
+    if name is not None and "\x00" in name:
+        return [], None  # no name holds a NUL (and PostgreSQL refuses to compare one)
     q = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         statuses = [status] if isinstance(status, str) else list(status)
@@ -407,15 +420,32 @@ def record_epochs(
     *,
     checkpoint_uri: str | None = None,
     checkpoint_epoch: int | None = None,
-) -> None:
+    worker_id: str | None = None,
+) -> bool:
     """Store per-epoch records (each with "epoch"), ignoring epochs already recorded (a
     resumed attempt repeats the epochs after its checkpoint), and move the job's progress
     and metrics summary forward, never back. With `checkpoint_uri`, record the checkpoint
-    in the same transaction."""
+    in the same transaction.
+
+    With `worker_id`, write only while that worker holds the job (a fence: a worker whose
+    lease lapsed and whose job another worker took over writes nothing) and return False
+    otherwise. The check is a conditional UPDATE of the job row, so the row stays locked
+    until this transaction commits and a concurrent take-over waits for it.
+    """
     records = [json_safe(r) for r in records]
+    if worker_id is not None:
+        held = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id,
+                   Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)).rowcount
+        if held != 1:
+            session.rollback()
+            return False
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
-        return
+        return False
     if records:
         now = utcnow()
         session.execute(_insert_ignore(session), [
@@ -432,6 +462,7 @@ def record_epochs(
         job.checkpoint_epoch = checkpoint_epoch
     job.updated_at = utcnow()
     session.commit()
+    return True
 
 
 def get_metrics(session: Session, job_id: str, *, since: int | None = None) -> list[dict[str, Any]]:

@@ -35,8 +35,11 @@ class LeaseLost(Cancelled):
     """Another worker took the job over (this one's lease expired): stop, write nothing."""
 
 
-def checkpoint_key(job_id: str) -> str:
-    return f"jobs/{job_id}/checkpoint.pt"
+def checkpoint_key(job_id: str, *, attempt: int = 0, epoch: int = 0) -> str:
+    """Where a checkpoint goes. A file is never overwritten: the job row names the one to
+    resume from, and a worker that lost its lease (but has not noticed yet) must not
+    change that file under the worker that took the job over."""
+    return f"jobs/{job_id}/checkpoint-a{attempt}-e{epoch}.pt"
 
 
 class Heartbeat(threading.Thread):
@@ -101,8 +104,16 @@ class JobReporter(Callback):
         publish_s: float = 0.05,
         cancel_poll_s: float = 0.2,
         recorded_epoch: int = 0,
+        worker_id: str | None = None,
+        attempt: int = 0,
+        resumed_checkpoint: str | None = None,
     ) -> None:
         self.job_id = job_id
+        # with a worker id, every write is fenced by the lease (store.jobs.record_epochs)
+        self.worker_id = worker_id
+        self.attempt = attempt
+        # the checkpoint the job row names; replaced (and deleted) by this run's next one
+        self.current_checkpoint = resumed_checkpoint
         self.session_factory = session_factory
         self.redis = redis
         self.artifacts = artifacts
@@ -167,9 +178,16 @@ class JobReporter(Callback):
 
         buffer = io.BytesIO()
         torch.save(state.checkpoint(), buffer)
-        key = checkpoint_key(self.job_id)
+        key = checkpoint_key(self.job_id, attempt=self.attempt, epoch=epoch)
         self.artifacts.put_bytes(key, buffer.getvalue())
-        self.flush(checkpoint=(key, epoch))
+        try:
+            self.flush(checkpoint=(key, epoch))
+        except LeaseLost:
+            self._delete_quietly(key)  # never named by the job row
+            raise
+        previous, self.current_checkpoint = self.current_checkpoint, key
+        if previous and previous != key:
+            self._delete_quietly(previous)
         self.checkpoints_written += 1
         self.last_checkpoint_epoch = epoch
         self._last_checkpoint = time.monotonic()
@@ -180,10 +198,20 @@ class JobReporter(Callback):
             return
         uri, epoch = checkpoint if checkpoint else (None, None)
         with self.session_factory() as session:
-            record_epochs(session, self.job_id, self.pending, checkpoint_uri=uri,
-                          checkpoint_epoch=epoch)
+            held = record_epochs(session, self.job_id, self.pending, checkpoint_uri=uri,
+                                 checkpoint_epoch=epoch, worker_id=self.worker_id)
+        if self.worker_id is not None and not held:
+            self.pending = []
+            raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker_id}; "
+                            "nothing of this attempt was recorded after its lease lapsed")
         self.pending = []
         self._last_flush = time.monotonic()
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.artifacts.delete(key)
+        except Exception as exc:  # a leftover file costs disk, never correctness
+            log.warning("could not delete %s: %s", key, exc)
 
     def publish(self) -> None:
         """Send queued metric events in one round trip; Redis being away loses only them."""

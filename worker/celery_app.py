@@ -3,7 +3,13 @@
 Configuration comes from the environment (worker.settings.WorkerSettings). Without `-Q`, a
 worker consumes `gpu,cpu` on a machine with CUDA and `cpu` elsewhere (MLP_WORKER_QUEUES
 overrides). The main process also announces GPU workers on Redis (so the API routes
-`device: auto` jobs to them) and periodically re-queues jobs that Redis lost.
+`device: auto` jobs to them).
+
+Workers do not re-queue lost jobs: the reconciler (`store.broker.recover_jobs`) belongs to
+the API process alone (service/reconciler.py, at start and every MLP_RECONCILE_INTERVAL_S).
+A delivery that finds its job's training process dead takes the job over at once
+(worker.runner); a job whose whole worker died waits for its lease to lapse and the
+reconciler to queue it again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from celery import signals
 
-from store.broker import gpu_worker_key, make_celery, recover_jobs
+from store.broker import gpu_worker_key, make_celery
 from store.settings import ConfigError
 
 from .settings import WorkerSettings
@@ -78,9 +84,13 @@ def _choose_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     # load the engine once here: training processes are forked from this one (also when one
     # is replaced after worker_max_memory_per_child), so none pays for the imports again
     import mlp_engine.data
-    import mlp_engine.training  # noqa: F401
+    import mlp_engine.training
+    import mlp_engine.weights  # noqa: F401
 
-    for heavy in ("pandas", "sklearn.datasets"):  # imported lazily by the data loaders
+    # pandas and scikit-learn are imported lazily by the data loaders; torch._dynamo by
+    # torch.optim on the first optimizer (about 3 s, in every new training process, which
+    # with worker_max_memory_per_child can mean every job). None starts a thread.
+    for heavy in ("pandas", "sklearn.datasets", "torch._dynamo"):
         try:
             importlib.import_module(heavy)
         except ImportError:  # pragma: no cover - both are dependencies
@@ -95,10 +105,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     from store.db import init_db
 
     init_db(settings.database_url)  # type: ignore[arg-type]
-    thread = _Housekeeping(worker_name=_state.get("hostname") or socket.gethostname(),
-                           gpu=_state["gpu"])
-    _state["housekeeping"] = thread
-    thread.start()
+    if _state["gpu"]:
+        thread = _GpuAnnouncer(worker_name=_state.get("hostname") or socket.gethostname())
+        _state["housekeeping"] = thread
+        thread.start()
 
 
 @signals.worker_shutdown.connect
@@ -121,57 +131,38 @@ def _on_process_init(**_: Any) -> None:
     tasks.reset_context()
 
 
-class _Housekeeping(threading.Thread):
-    """In the main worker process: the GPU liveness key and the recovery sweep."""
+class _GpuAnnouncer(threading.Thread):
+    """In the main process of a GPU worker: keeps `mlp:workers:gpu:<name>` alive (a key
+    with a TTL), so the API knows a GPU worker is there."""
 
-    def __init__(self, *, worker_name: str, gpu: bool) -> None:
-        super().__init__(name="mlp-housekeeping", daemon=True)
+    interval = 10.0
+
+    def __init__(self, *, worker_name: str) -> None:
+        super().__init__(name="mlp-gpu-announcer", daemon=True)
         self.worker_name = worker_name
-        self.gpu = gpu
-        self.interval = min(10.0, settings.recover_interval_s or 10.0)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        import time
-
         import redis as redis_lib
 
-        from store.db import make_session_factory
         from store.events import redis_from_url
 
         redis = redis_from_url(settings.redis_url)  # type: ignore[arg-type]
-        factory = make_session_factory(settings.database_url)  # type: ignore[arg-type]
         key = gpu_worker_key(self.worker_name)
-        last_sweep = -float("inf")  # the first sweep runs at start
         try:
             while True:
                 try:
-                    if self.gpu:
-                        redis.set(key, "1", ex=int(self.interval * 3))
-                    now = time.monotonic()
-                    if settings.recover_interval_s and \
-                            now - last_sweep >= settings.recover_interval_s:
-                        last_sweep = now
-                        # one worker at a time sweeps
-                        if redis.set("mlp:recover:lock", self.worker_name, nx=True,
-                                     ex=max(1, int(settings.recover_interval_s))):
-                            counts = recover_jobs(factory, redis, celery_app)
-                            if any(counts.values()):
-                                log.info("recovery: %s", counts)
+                    redis.set(key, "1", ex=int(self.interval * 3))
                 except (redis_lib.RedisError, OSError) as exc:
-                    log.warning("housekeeping: Redis unavailable: %s", exc)
-                except Exception:
-                    log.exception("housekeeping failed; trying again later")
+                    log.warning("could not announce this GPU worker on Redis: %s", exc)
                 if self._stop_event.wait(self.interval):
                     break
         finally:
-            if self.gpu:
-                try:
-                    redis.delete(key)
-                except redis_lib.RedisError:
-                    pass
+            try:
+                redis.delete(key)
+            except redis_lib.RedisError:
+                pass
             redis.close()
-            factory.kw["bind"].dispose()
 
     def stop(self) -> None:
         self._stop_event.set()

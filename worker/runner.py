@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import tempfile
 import uuid
@@ -175,16 +176,21 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
             _publish(ctx, current)
         x, y = _load_data(ctx, job)
         resume = _load_checkpoint(ctx, job)
+        _test_poison_hook(job)
         reporter = JobReporter(
             job_id=job_id, session_factory=ctx.session_factory, redis=ctx.redis,
             artifacts=ctx.artifacts, heartbeat=heartbeat,
             checkpoint_every=spec.training.checkpoint_every,
             checkpoint_interval_s=ctx.settings.checkpoint_interval_s,
             flush_s=ctx.settings.metrics_flush_s, cancel_poll_s=ctx.settings.cancel_poll_s,
-            recorded_epoch=job.epoch,
+            recorded_epoch=job.epoch, worker_id=ctx.worker_id, attempt=job.attempts,
+            resumed_checkpoint=job.checkpoint_uri,
         )
         from mlp_engine.training import fit
 
+        # one line per training run: the fault tests count them (none may run twice)
+        log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)", job_id,
+                 job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id)
         result = fit(spec, x, y, callbacks=[reporter], resume=resume, device=device,
                      num_threads=ctx.num_threads, limits=ctx.settings.limits())
         weights = _write_weights(ctx, job_id, result)
@@ -206,6 +212,20 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
                        error=None if status == JobStatus.CANCELLED else error)
     # KeyboardInterrupt, SystemExit: the worker goes down; the lease expires and another
     # delivery resumes the job from its last checkpoint
+
+
+# A test hook, off unless the variable is set: the training process of a job whose name it
+# lists kills itself with SIGKILL, as a job that always crashes its worker would (a "poison"
+# job). tests/faults uses it to check such a job fails after MLP_MAX_ATTEMPTS.
+TEST_POISON_ENV = "MLP_TEST_POISON_JOB_NAMES"
+
+
+def _test_poison_hook(job: Job) -> None:
+    names = os.environ.get(TEST_POISON_ENV)
+    if names and job.name and job.name in {n.strip() for n in names.split(",")}:
+        log.warning("job %s: named in %s (a test hook); this process kills itself",
+                    job.id, TEST_POISON_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def classify_error(exc: BaseException) -> tuple[str, tuple[str, str]]:

@@ -58,11 +58,6 @@ class WorkerSettings(CommonSettings):
         validation_alias=_alias("MLP_METRICS_FLUSH_S", "metrics_flush_s"))
     cancel_poll_s: float = Field(
         default=0.2, ge=0, le=60, validation_alias=_alias("MLP_CANCEL_POLL_S", "cancel_poll_s"))
-    recover_interval_s: float = Field(
-        default=30.0, ge=0, le=86_400,
-        validation_alias=_alias("MLP_RECOVER_INTERVAL_S", "recover_interval_s"),
-        description="how often a worker re-queues jobs that Redis lost (first at start); "
-                    "0 turns it off")
 
     @model_validator(mode="after")
     def _check_queues(self) -> Self:
