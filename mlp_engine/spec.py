@@ -60,7 +60,8 @@ _MAX_EPOCHS = 1_000_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: JSON `true` is no batch size and "3" no epoch count; ints pass as floats
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class _NamedChoice(BaseModel):
@@ -96,6 +97,12 @@ class _NamedChoice(BaseModel):
             value = p.check(given[p.name]) if p.name in given else p.default
             setattr(self, p.name, value)
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # a bare name is accepted too: say so in the OpenAPI schema
+        as_object = handler(core_schema)
+        return {"anyOf": [{"type": "string", "enum": sorted(cls.TABLE)}, as_object]}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -448,6 +455,11 @@ def resolve_spec(spec: JobSpec, info: DatasetInfo, limits: Limits | None = None)
         raise SpecError(f"model.output_dim is {m['output_dim']} but the {task} target needs "
                         f"{out}", field="model.output_dim")
     m["input_dim"], m["output_dim"] = info.n_features, out
+
+    if "max_runtime_s" not in spec.training.model_fields_set:
+        # the default (an hour) gives way to a configured limit below it
+        data["training"]["max_runtime_s"] = min(spec.training.max_runtime_s,
+                                                limits.max_runtime_s)
 
     cw = loss.get("class_weights")
     if isinstance(cw, list) and len(cw) != info.n_classes:

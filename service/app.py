@@ -30,7 +30,7 @@ from .inference import ModelCache
 from .middleware import BodySizeLimitMiddleware
 from .observability import QUEUES, MetricsMiddleware, Observability
 from .ratelimit import RateLimiter
-from .reconciler import run_reconciler
+from .reconciler import remove_stale_uploads, run_reconciler
 from .routes import catalog, datasets, health, jobs
 from .settings import Settings
 
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(_start, settings, observability)
         app.state.services = services
+        await anyio.to_thread.run_sync(remove_stale_uploads, Path(settings.data_dir) / "tmp")
         reconciler = asyncio.create_task(run_reconciler(services), name="mlp-reconciler")
         try:
             yield

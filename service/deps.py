@@ -5,8 +5,6 @@ other job id, another tenant's included, has already answered 404."""
 
 from __future__ import annotations
 
-import re
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -16,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.jobs import get_job_for_tenant
+from store.jobs import could_be_id, get_job_for_tenant
 from store.keys import DEFAULT_TENANT, get_or_create_tenant, tenant_for_key
 from store.models import Dataset, Job, Tenant
 
@@ -115,17 +113,8 @@ def current_tenant(request: Request, services: ServicesDep, session: SessionDep,
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def plausible_id(value: str) -> bool:
-    """Ids we hand out are short and url-safe; anything else (a NUL byte, a path) cannot
-    name an object, so it answers 404 without reaching the database."""
-    return _ID.fullmatch(value) is not None
-
-
 def job_of_tenant(job_id: str, tenant: TenantDep, session: SessionDep) -> Job:
-    job = get_job_for_tenant(session, tenant.id, job_id) if plausible_id(job_id) else None
+    job = get_job_for_tenant(session, tenant.id, job_id)
     if job is None:
         raise NotFound(f"no job '{job_id}' for this API key")
     return job
@@ -136,7 +125,7 @@ JobDep = Annotated[Job, Depends(job_of_tenant)]
 
 def dataset_of_tenant(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Dataset:
     dataset = session.scalar(select(Dataset).where(
-        Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)) if plausible_id(
+        Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)) if could_be_id(
         dataset_id) else None
     if dataset is None:
         raise NotFound(f"no dataset '{dataset_id}' for this API key")

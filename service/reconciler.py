@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,10 +34,46 @@ __all__ = ["reconcile_once", "run_reconciler"]
 log = logging.getLogger(__name__)
 
 
-def reconcile_once(services: Services) -> dict[str, int] | None:
+STALE_UPLOAD_S = 3600.0
+
+
+def _process_alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_uploads(directory: Path, *, older_than_s: float = STALE_UPLOAD_S) -> int:
+    """Delete upload temporaries (`upload-<pid>-<uuid>.part`) left by an API process that
+    was killed mid-upload: those of a process that is gone, and any older than
+    `older_than_s` (an upload is bounded in size, so none runs that long)."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for part in directory.glob("upload-*.part"):
+        pid_text = part.name.split("-")[1]
+        try:
+            orphan = pid_text.isdigit() and int(pid_text) != os.getpid() and not (
+                _process_alive(int(pid_text)))
+            if orphan or part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+        except OSError:  # gone already, or another API process took it
+            continue
+    return removed
+
+
+def reconcile_once(services: Services) -> dict[str, int] | None:
+    settings = services.settings
+    remove_stale_uploads(Path(settings.data_dir) / "tmp")  # also done once at start
+    try:
+        # several API processes share one sweep per half interval
         counts = recover_jobs(services.session_factory, services.redis, services.celery,
-                              grace_s=services.settings.reconcile_after_s)
+                              grace_s=settings.reconcile_after_s,
+                              lock_s=settings.reconcile_interval_s / 2 or None)
     except Exception as exc:  # Redis or the database away: try again next round
         log.warning("reconciler: could not re-queue jobs: %s", exc)
         return None

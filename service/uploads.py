@@ -5,6 +5,7 @@ directory in chunks, counted and hashed on the way, so an upload over the limit 
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,8 @@ class _Receiver:
     # file writing, off the event loop
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"upload-{uuid.uuid4().hex}.part"
+        # the pid in the name lets a restarted API remove what a killed one left
+        path = self.directory / f"upload-{os.getpid()}-{uuid.uuid4().hex}.part"
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish()/abort()
         self.result.path = path
 

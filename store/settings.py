@@ -63,6 +63,10 @@ class CommonSettings(BaseSettings):
     max_upload_bytes: int = Field(
         default=100 * MiB, ge=1,
         validation_alias=AliasChoices("MLP_MAX_UPLOAD_BYTES", "max_upload_bytes"))
+    max_uncompressed_bytes: int | None = Field(
+        default=None, ge=1,
+        description="what an uploaded npz/parquet may expand to (default 4 x upload limit)",
+        validation_alias=AliasChoices("MLP_MAX_UNCOMPRESSED_BYTES", "max_uncompressed_bytes"))
     max_attempts: int = Field(default=3, ge=1, le=100,
                               validation_alias=AliasChoices("MLP_MAX_ATTEMPTS", "max_attempts"))
     lease_seconds: float = Field(

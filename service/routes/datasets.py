@@ -138,7 +138,8 @@ async def upload(request: Request, response: Response, services: ServicesDep,
         assert path is not None
 
         def parse() -> tuple[LoadedData, DatasetInfo]:
-            data = read_table(path, format=fmt, target=target)
+            data = read_table(path, format=fmt, target=target, max_uncompressed_bytes=(
+                settings.max_uncompressed_bytes or 4 * settings.max_upload_bytes))
             return data, describe(data)
 
         data, info = await anyio.to_thread.run_sync(parse)

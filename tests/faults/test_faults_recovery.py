@@ -417,8 +417,6 @@ def test_api_restart_mid_upload_and_mid_poll_loses_nothing(stack: Stack) -> None
         assert r.status_code == 201, r.text
 
 
-@pytest.mark.xfail(strict=True, reason="the API leaves the temporary file of an upload cut "
-                   "by kill -9 in <data dir>/tmp and never removes it (see the report)")
 def test_a_crash_mid_upload_leaves_no_temporary_file() -> None:
     """Read from the restart test above (no second restart): after the API came back, no
     `upload-*.part` file of the cut upload is left on disk."""

@@ -76,9 +76,7 @@ def test_wrong_content_type_is_a_clear_4xx(client: httpx.Client) -> None:
 @pytest.mark.parametrize("patch, field", [
     ({"training": {"epochs": "ten"}}, "epochs"),
     ({"training": {"epochs": 2.5}}, "epochs"),
-    pytest.param({"training": {"batch_size": True}}, "batch_size", marks=pytest.mark.xfail(
-        strict=True, reason="pydantic's lax mode turns JSON true into 1; JobSpec's integer "
-                            "fields should be strict (mlp_engine/spec.py)")),
+    ({"training": {"batch_size": True}}, "batch_size"),
     ({"model": {"hidden_dims": "wide"}}, "hidden_dims"),
     ({"model": {"hidden_dims": [8, "x"]}}, "hidden_dims"),
     ({"dataset": "iris"}, "dataset"),
@@ -207,9 +205,6 @@ def _zip_bomb(rows: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="the upload route passes no max_uncompressed_bytes to "
-                   "mlp_engine.data.read_table, whose default (1 GiB) lets a 1 MiB npz make "
-                   "the API allocate up to 1 GiB; see the reliability report")
 def test_zip_bomb_npz_is_refused_without_inflating_it(client: httpx.Client) -> None:
     """A few hundred KB that inflate to 288 MiB: refused from the zip's declared sizes,
     before anything is inflated (a limit tied to MLP_MAX_UPLOAD_BYTES, not 1 GiB)."""

@@ -93,8 +93,6 @@ def celery_worker(database_url, redis_url, tmp_path_factory):
            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
            "MLP_DATA_DIR": str(data_dir), "MLP_ARTIFACTS_URL": str(data_dir / "artifacts"),
            "MLP_WORKER_THREADS": "1", "MLP_LEASE_SECONDS": "10",
-           # other tests leave queued jobs in the shared database: no recovery sweep here
-           "MLP_RECOVER_INTERVAL_S": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
     client = redis.Redis.from_url(redis_url)
