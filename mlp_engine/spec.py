@@ -43,6 +43,7 @@ __all__ = [
     "DatasetInfo",
     "Limits",
     "resolve_spec",
+    "check_rectangular",
     "check_limits",
     "DEFAULT_HIDDEN_DIM",
     "DEFAULT_EMBEDDING_DIM",
@@ -142,6 +143,16 @@ class OptimizerSpec(_NamedChoice):
     scheduler: SchedulerSpec | None = None
 
 
+def check_rectangular(x: list[list[float]]) -> None:
+    """Raise ValueError unless every row of `x` has the same, non-zero length."""
+    width = len(x[0])
+    if width == 0:
+        raise ValueError("x rows must not be empty")
+    for i, row in enumerate(x):
+        if len(row) != width:
+            raise ValueError(f"x row {i} has {len(row)} values, row 0 has {width}")
+
+
 class InlineData(_Strict):
     x: list[list[float]] = Field(min_length=1, description="rows of features")
     y: list[float | int | str | list[float]] = Field(
@@ -151,12 +162,7 @@ class InlineData(_Strict):
     def _shapes(self) -> InlineData:
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
-        width = len(self.x[0])
-        if width == 0:
-            raise ValueError("x rows must not be empty")
-        for i, row in enumerate(self.x):
-            if len(row) != width:
-                raise ValueError(f"x row {i} has {len(row)} values, row 0 has {width}")
+        check_rectangular(self.x)
         kinds = {type(v) if not isinstance(v, int | float) or isinstance(v, bool)
                  else float for v in self.y}
         if len(kinds) > 1:

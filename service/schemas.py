@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mlp_engine.spec import check_rectangular
+
 __all__ = [
     "ErrorItem",
     "ErrorBody",
@@ -206,12 +208,7 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _rectangular(self) -> PredictRequest:
-        width = len(self.x[0])
-        if width == 0:
-            raise ValueError("x rows must not be empty")
-        for i, row in enumerate(self.x):
-            if len(row) != width:
-                raise ValueError(f"x row {i} has {len(row)} values, row 0 has {width}")
+        check_rectangular(self.x)
         return self
 
 

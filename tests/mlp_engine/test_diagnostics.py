@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,6 @@ from mlp_engine.model import MLP, build_model
 from mlp_engine.spec import JobSpec
 from mlp_engine.theory import single_layer_regions
 from mlp_engine.training import fit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mlp(inputs: int, hidden: list[int], outputs: int, **model: Any) -> MLP:

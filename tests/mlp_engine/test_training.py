@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from mlp_engine.errors import (
 )
 from mlp_engine.inference import predict
 from mlp_engine.training import fit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny models: one thread is faster, and steadier when other processes share the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def moons(n: int = 300, **fields: Any) -> dict[str, Any]:
