@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from .errors import DataError
-from .registry import BUILTIN_DATASETS
+from .registry import BUILTIN_DATASETS, checked_params
 from .spec import DatasetInfo, DatasetSpec
 
 if TYPE_CHECKING:
@@ -76,19 +76,12 @@ def _builtin_params(name: str, params: Mapping[str, Any] | None) -> dict[str, An
     if entry is None:
         raise DataError(f"unknown builtin dataset '{name}'; choose one of "
                         f"{sorted(BUILTIN_DATASETS)}", field="dataset.builtin")
-    given = dict(params or {})
-    allowed = {p.name for p in entry.params}
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise DataError(f"unknown parameter(s) {unknown} for dataset '{name}'; "
-                        f"allowed: {sorted(allowed) or 'none'}", field="dataset.params")
-    out: dict[str, Any] = {}
-    for p in entry.params:
-        try:
-            out[p.name] = p.check(given[p.name]) if p.name in given else p.default
-        except ValueError as exc:
-            raise DataError(str(exc), field=f"dataset.params.{p.name}") from exc
-    return out
+    try:
+        return checked_params(entry.params, dict(params or {}), what=f"dataset '{name}'")
+    except ValueError as exc:  # Param.check's messages start with the parameter's name
+        bad = next((p.name for p in entry.params if str(exc).startswith(f"{p.name} ")), None)
+        raise DataError(str(exc), field=f"dataset.params.{bad}" if bad else "dataset.params"
+                        ) from exc
 
 
 def builtin_info(name: str, params: dict | None = None) -> DatasetInfo:

@@ -26,6 +26,7 @@ __all__ = [
     "TASKS",
     "DEFAULT_LOSS",
     "catalog",
+    "checked_params",
 ]
 
 TASKS = ("classification", "multilabel", "regression", "metric_learning")
@@ -124,6 +125,18 @@ class Choice:
             d["task"] = self.task
         d.update(self.extra)
         return d
+
+
+def checked_params(declared: tuple[Param, ...], given: dict[str, Any], *, what: str
+                   ) -> dict[str, Any]:
+    """`given` checked against the declared parameters, defaults filled in; ValueError
+    naming an unknown or out-of-bounds parameter of `what` (e.g. "loss 'nll'")."""
+    allowed = {p.name for p in declared}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {what}; "
+                         f"allowed: {sorted(allowed) or 'none'}")
+    return {p.name: p.check(given[p.name]) if p.name in given else p.default for p in declared}
 
 
 def _table(*choices: Choice) -> dict[str, Choice]:

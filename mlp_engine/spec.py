@@ -23,6 +23,7 @@ from .registry import (
     OPTIMIZERS,
     SCHEDULERS,
     Choice,
+    checked_params,
 )
 from .theory import exact_parameter_count
 
@@ -87,16 +88,10 @@ class _NamedChoice(BaseModel):
         if entry is None:
             raise ValueError(
                 f"unknown {self.KIND} '{self.name}'; choose one of {sorted(self.TABLE)}")
-        given = dict(self.model_extra or {})
-        allowed = {p.name for p in entry.params}
-        unknown = sorted(set(given) - allowed)
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {unknown} for {self.KIND} '{self.name}'; "
-                f"allowed: {sorted(allowed) or 'none'}")
-        for p in entry.params:
-            value = p.check(given[p.name]) if p.name in given else p.default
-            setattr(self, p.name, value)
+        checked = checked_params(entry.params, dict(self.model_extra or {}),
+                                 what=f"{self.KIND} '{self.name}'")
+        for name, value in checked.items():
+            setattr(self, name, value)
         return self
 
     @classmethod
@@ -201,14 +196,8 @@ class DatasetSpec(_Strict):
             if entry is None:
                 raise ValueError(f"unknown builtin dataset '{self.builtin}'; "
                                  f"choose one of {sorted(BUILTIN_DATASETS)}")
-            given_params = dict(self.params or {})
-            allowed = {p.name for p in entry.params}
-            unknown = sorted(set(given_params) - allowed)
-            if unknown:
-                raise ValueError(f"unknown parameter(s) {unknown} for dataset '{self.builtin}'; "
-                                 f"allowed: {sorted(allowed) or 'none'}")
-            self.params = {p.name: p.check(given_params[p.name]) if p.name in given_params
-                           else p.default for p in entry.params} or None
+            self.params = checked_params(entry.params, dict(self.params or {}),
+                                         what=f"dataset '{self.builtin}'") or None
         return self
 
 
