@@ -33,6 +33,7 @@ RUN case "$TORCH_VARIANT" in \
 COPY pyproject.toml ./
 COPY mlp_engine ./mlp_engine
 COPY store ./store
+COPY messaging ./messaging
 COPY service ./service
 COPY worker ./worker
 COPY mlpctl ./mlpctl

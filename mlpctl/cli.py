@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from store.status import TERMINAL, JobStatus
+
 __all__ = ["main", "build_parser", "celery_worker_argv"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -183,7 +185,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if args.wait:
             job = client.wait(job["id"], timeout=args.timeout)
         _print(job)
-        return 0 if job["status"] in {"queued", "running", "succeeded"} else 1
+        return 0 if job["status"] not in TERMINAL or job["status"] == JobStatus.SUCCEEDED else 1
     if action == "get":
         _print(client.get(args.job_id))
     elif action == "list":

@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 
+from store.status import TERMINAL
+
 __all__ = ["Client", "APIError", "TERMINAL_STATUSES"]
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = TERMINAL
 
 
 class APIError(Exception):

@@ -310,7 +310,7 @@ def _load_settings() -> Settings:
 
 def _worker_answers(redis_url: str, nodename: str, *, timeout: float,
                     alive: Callable[[], bool], cancelled: Callable[[], bool]) -> bool:
-    from store.broker import make_celery
+    from messaging.celery_factory import make_celery
 
     app = make_celery(redis_url)
     deadline = time.monotonic() + timeout

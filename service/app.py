@@ -18,8 +18,8 @@ import redis
 import redis.asyncio
 from fastapi import FastAPI
 
+from messaging.celery_factory import make_celery
 from store.artifacts import ArtifactStore
-from store.broker import make_celery
 from store.db import init_db, make_engine, make_session_factory
 from store.jobs import count_by_status
 from store.keys import DEFAULT_TENANT, ensure_default_key, get_or_create_tenant

@@ -14,12 +14,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from messaging.celery_factory import QUEUES
+from store.status import JobStatus
+
 __all__ = ["Observability", "MetricsMiddleware", "QUEUES"]
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("cpu", "gpu")
-_STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 
 
 class _StateCollector(Collector):
@@ -37,7 +38,7 @@ class _StateCollector(Collector):
             log.warning("metrics: cannot count jobs: %s", exc)
             counts = None
         if counts is not None:
-            for status in _STATUSES:
+            for status in JobStatus:
                 jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         depth = GaugeMetricFamily("mlp_queue_depth",

@@ -3,7 +3,7 @@
 A job is stored (committed as `queued`) before its Celery message is sent, so a Redis
 outage at the wrong moment, a Redis restarted empty, or a worker lost with its lease leaves
 a job the database calls queued (or running, with an expired lease) and no message to run
-it. `store.broker.recover_jobs` finds those and sends them again; a job is only re-sent
+it. `store.reconcile.recover_jobs` finds those and sends them again; a job is only re-sent
 when its `mlp:jobs:<id>:queued` marker (set with each message) is gone and it was last sent
 more than `grace_s` ago. A duplicate message is harmless: workers claim a job in the
 database with a lease before training, so only one delivery runs.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from store.broker import recover_jobs
+from messaging.reconcile import recover_jobs
 
 if TYPE_CHECKING:
     from .deps import Services

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlp_engine.spec import check_rectangular
+from store.jobs import as_utc
+from store.status import JobStatus
 
 __all__ = [
     "ErrorItem",
@@ -37,7 +39,6 @@ __all__ = [
     "SPEC_EXAMPLES",
 ]
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 MAX_PREDICT_ROWS = 10_000
 
 
@@ -105,7 +106,7 @@ class JobPublic(BaseModel):
 
     id: str
     name: str | None = None
-    status: JobStatusName
+    status: JobStatus
     spec: dict[str, Any] = Field(description="the resolved job spec")
     created_at: datetime
     started_at: datetime | None = None
@@ -120,6 +121,37 @@ class JobPublic(BaseModel):
     artifacts: dict[str, Artifact] | None = Field(
         default=None, description="`weights` (safetensors) and `weights_pt` (torch "
                                   "state_dict) once the job has succeeded")
+
+    @classmethod
+    def from_row(cls, job: Any) -> JobPublic:
+        """The job object of a `store.models.Job` row (the one place that shape is made)."""
+        error = None
+        if job.error_type or job.error_message:
+            error = JobError(type=job.error_type, message=job.error_message)
+        artifacts = None
+        if job.weights_uri:
+            artifacts = {"weights": Artifact(format="safetensors", bytes=job.weights_bytes,
+                                             sha256=job.weights_sha256)}
+            if job.weights_pt_uri:
+                artifacts["weights_pt"] = Artifact(format="pt", bytes=job.weights_pt_bytes,
+                                                   sha256=job.weights_pt_sha256)
+        return cls(
+            id=job.id, name=job.name, status=job.status, spec=job.spec,
+            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at),
+            progress=Progress(epoch=job.epoch, epochs=job.epochs), attempts=job.attempts,
+            device=job.device, parameter_count=job.parameter_count,
+            metrics=_summary_of(job.metrics_summary), error=error, artifacts=artifacts)
+
+
+def _summary_of(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The public part of the stored metrics summary."""
+    if not summary:
+        return None
+    public = {k: summary.get(k) for k in ("best_epoch", "monitor", "final", "best")}
+    if "stopped_early" in summary:
+        public["stopped_early"] = summary["stopped_early"]
+    return public
 
 
 class JobList(BaseModel):

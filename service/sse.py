@@ -23,9 +23,11 @@ import redis
 import redis.asyncio as aredis
 from sqlalchemy.orm import Session
 
-from store.events import decode_event, events_channel
-from store.jobs import get_job, get_metrics, job_public
-from store.models import TERMINAL
+from messaging.live_events import decode_event, events_channel
+from store.jobs import get_job, get_metrics
+from store.status import TERMINAL
+
+from .schemas import JobPublic
 
 __all__ = ["job_event_stream", "format_event"]
 
@@ -46,7 +48,8 @@ def _snapshot(session_factory: Callable[[], Session], job_id: str,
         job = get_job(session, job_id)
         if job is None:
             return None, []
-        return job_public(job), get_metrics(session, job_id, since=since)
+        return (JobPublic.from_row(job).model_dump(mode="json"),
+                get_metrics(session, job_id, since=since))
 
 
 async def job_event_stream(*, job_id: str, session_factory: Callable[[], Session],

@@ -41,7 +41,6 @@ __all__ = [
     "count_by_status",
     "mark_enqueued",
     "summarize",
-    "job_public",
     "rfc3339",
     "as_utc",
     "json_safe",
@@ -524,7 +523,7 @@ def finish_job(
 def request_cancel(session: Session, job: Job) -> Job:
     """Cancel a job: a queued one is cancelled at once, a running one becomes "cancelling"
     until its worker stops at the next batch boundary. Raises JobStateError once finished.
-    The caller also sets the Redis cancel flag (store.events.set_cancel_flag)."""
+    The caller also sets the Redis cancel flag (messaging.live_events.set_cancel_flag)."""
     now = utcnow()
     changed = 0
     for from_status, to_status, extra in (
@@ -554,45 +553,3 @@ def delete_job(session: Session, job: Job) -> None:
     session.execute(delete(JobMetric).where(JobMetric.job_id == job.id))
     session.execute(delete(Job).where(Job.id == job.id, Job.status.in_(TERMINAL)))
     session.commit()
-
-
-# --------------------------------------------------------------------------- public view
-
-
-def job_public(job: Job) -> dict[str, Any]:
-    """The job object of SPEC section 3, as the API answers it and status events carry it."""
-    error = None
-    if job.error_type or job.error_message:
-        error = {"type": job.error_type, "message": job.error_message}
-    artifacts = None
-    if job.weights_uri:
-        artifacts = {"weights": {"format": "safetensors", "bytes": job.weights_bytes,
-                                 "sha256": job.weights_sha256}}
-        if job.weights_pt_uri:
-            artifacts["weights_pt"] = {"format": "pt", "bytes": job.weights_pt_bytes,
-                                       "sha256": job.weights_pt_sha256}
-    return {
-        "id": job.id,
-        "name": job.name,
-        "status": job.status,
-        "spec": job.spec,
-        "created_at": rfc3339(job.created_at),
-        "started_at": rfc3339(job.started_at),
-        "finished_at": rfc3339(job.finished_at),
-        "progress": {"epoch": job.epoch, "epochs": job.epochs},
-        "attempts": job.attempts,
-        "device": job.device,
-        "parameter_count": job.parameter_count,
-        "metrics": _public_summary(job.metrics_summary),
-        "error": error,
-        "artifacts": artifacts,
-    }
-
-
-def _public_summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not summary:
-        return None
-    public = {k: summary.get(k) for k in ("best_epoch", "monitor", "final", "best")}
-    if "stopped_early" in summary:
-        public["stopped_early"] = summary["stopped_early"]
-    return public

@@ -236,6 +236,16 @@ def db_session(session_factory) -> Iterator[object]:
         yield session
 
 
+@pytest.fixture
+def tenant(db_session):
+    """A fresh tenant in the test's database (e2e tests define their own, over HTTP)."""
+    import uuid
+
+    from store.keys import get_or_create_tenant
+
+    return get_or_create_tenant(db_session, f"t-{uuid.uuid4().hex[:8]}")
+
+
 # --------------------------------------------------------------------------- files and env
 
 

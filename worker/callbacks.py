@@ -20,10 +20,10 @@ import redis as redis_lib
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from messaging.live_events import cancel_key, encode_event, events_channel
 from mlp_engine.callbacks import Callback, TrainState
 from mlp_engine.errors import Cancelled
 from store.artifacts import ArtifactStore
-from store.events import cancel_key, encode_event, events_channel
 from store.jobs import json_safe, record_epochs, renew_lease
 
 __all__ = ["JobReporter", "Heartbeat", "LeaseLost", "checkpoint_key"]

@@ -5,7 +5,7 @@ worker consumes `gpu,cpu` on a machine with CUDA and `cpu` elsewhere (MLP_WORKER
 overrides). The main process also announces GPU workers on Redis (so the API routes
 `device: auto` jobs to them).
 
-Workers do not re-queue lost jobs: the reconciler (`store.broker.recover_jobs`) belongs to
+Workers do not re-queue lost jobs: the reconciler (`store.reconcile.recover_jobs`) belongs to
 the API process alone (service/reconciler.py, at start and every MLP_RECONCILE_INTERVAL_S).
 A delivery that finds its job's training process dead takes the job over at once
 (worker.runner); a job whose whole worker died waits for its lease to lapse and the
@@ -23,7 +23,8 @@ from typing import Any
 
 from celery import signals
 
-from store.broker import gpu_worker_key, make_celery
+from messaging.celery_factory import make_celery
+from messaging.queues import gpu_worker_key
 from store.settings import ConfigError
 
 from .settings import WorkerSettings
@@ -145,7 +146,7 @@ class _GpuAnnouncer(threading.Thread):
     def run(self) -> None:
         import redis as redis_lib
 
-        from store.events import redis_from_url
+        from messaging.live_events import redis_from_url
 
         redis = redis_from_url(settings.redis_url)  # type: ignore[arg-type]
         key = gpu_worker_key(self.worker_name)

@@ -25,9 +25,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from messaging.live_events import clear_cancel_flag, publish_status, queued_key, redis_from_url
 from store.artifacts import ArtifactError, ArtifactStore
 from store.db import make_session_factory
-from store.events import clear_cancel_flag, publish_status, queued_key, redis_from_url
 from store.jobs import as_utc, claim_job, finish_job, get_job
 from store.models import TERMINAL, Dataset, Job, JobStatus, utcnow
 

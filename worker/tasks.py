@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from store.broker import TRAIN_TASK
+from messaging.celery_factory import TRAIN_TASK
 
 from .celery_app import celery_app, settings
 from .runner import WorkerContext, run_job

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
+from messaging.queues import queue_for_device
 from mlp_engine.registry import catalog as engine_catalog
 from mlp_engine.spec import JobSpec
-from store.broker import queue_for_device
 
 from ..deps import ServicesDep, SessionDep, TenantDep
 from ..schemas import (

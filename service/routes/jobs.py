@@ -14,14 +14,13 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import func, select
 
+from messaging.live_events import publish_status, set_cancel_flag
+from messaging.queues import enqueue_job, queue_for_device
 from mlp_engine.spec import JobSpec
-from store.broker import enqueue_job, queue_for_device
-from store.events import publish_status, set_cancel_flag
 from store.jobs import (
     create_job,
     delete_job,
     get_metrics,
-    job_public,
     list_jobs,
     mark_enqueued,
     request_cancel,
@@ -66,11 +65,10 @@ _JOB_LINKS = {name: {"operationId": op, "parameters": _JOB_ID} for name, op in (
     ("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("DeleteJob", "deleteJob"),
     ("GetJobMetrics", "getJobMetrics"), ("GetJobWeights", "getJobWeights"),
     ("GetModelCard", "getModelCard"), ("Predict", "predict"))}
-StatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 
 
 def _public(job: Job) -> JobPublic:
-    return JobPublic.model_validate(job_public(job))
+    return JobPublic.from_row(job)
 
 
 def _location(job_id: str) -> str:
@@ -147,7 +145,7 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
             responses={400: {**_E, "description": "bad cursor"}},
             summary="the caller's jobs, newest first")
 def list_(services: ServicesDep, session: SessionDep, tenant: TenantDep,
-          status: Annotated[StatusName | None, Query(description="only jobs in this status")
+          status: Annotated[JobStatus | None, Query(description="only jobs in this status")
                             ] = None,
           name: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$")] = None,
           limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -326,12 +324,12 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
     spec = _json_field(metadata, "spec") or job.spec
     preprocessing = _json_field(metadata, "preprocessing")
     labels = (preprocessing or {}).get("class_labels")
-    public = job_public(job)
+    public = JobPublic.from_row(job)
     return ModelCard(
         job_id=job.id, name=job.name, task=spec.get("task"), spec=spec, layers=layers,
         parameter_count=sum(r.parameters for r in layers if r.trainable),
-        preprocessing=preprocessing, class_labels=labels, metrics=public["metrics"],
-        weights=Artifact.model_validate((public["artifacts"] or {}).get("weights") or {}))
+        preprocessing=preprocessing, class_labels=labels, metrics=public.metrics,
+        weights=(public.artifacts or {}).get("weights") or Artifact())
 
 
 @router.post("/{job_id}/predict", response_model=PredictResult, operation_id="predict",

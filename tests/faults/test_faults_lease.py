@@ -140,35 +140,35 @@ def test_one_reconciler_sweep_per_period_across_processes(tmp_path: Path,
     the sweep re-queues a queued job whose broker message is gone, once."""
     import redis as redis_lib
 
-    from store import broker
+    from messaging import celery_factory, reconcile
     from store.db import make_session_factory
     from store.keys import get_or_create_tenant
     from tests.faults.procs import fresh_database
 
     client = redis_lib.Redis.from_url(redis_url)
-    celery = broker.make_celery(redis_url, max_runtime_s=60)
+    celery = celery_factory.make_celery(redis_url, max_runtime_s=60)
     with fresh_database(tmp_path) as url:  # only this test's jobs in it
         factory = make_session_factory(url)
         try:
-            client.delete(broker.RECOVER_LOCK)
+            client.delete(reconcile.RECOVER_LOCK)
             with factory() as s:
                 tenant = get_or_create_tenant(s, "sweep")
                 job, _ = jobs.create_job(s, tenant_id=tenant.id, spec=SPEC)
                 s.get(Job, job.id).enqueued_at = utcnow() - timedelta(minutes=5)
                 s.commit()
             before = client.llen("cpu")
-            first = broker.recover_jobs(factory, client, celery, grace_s=10, lock_s=30)
-            second = broker.recover_jobs(factory, client, celery, grace_s=10, lock_s=30)
+            first = reconcile.recover_jobs(factory, client, celery, grace_s=10, lock_s=30)
+            second = reconcile.recover_jobs(factory, client, celery, grace_s=10, lock_s=30)
             assert first == {"requeued": 1, "cancelled": 0}
             assert second == {"requeued": 0, "cancelled": 0}
             assert client.llen("cpu") == before + 1
-            assert client.pttl(broker.RECOVER_LOCK) > 0
+            assert client.pttl(reconcile.RECOVER_LOCK) > 0
         finally:
             # leave no message or lock behind for the other tests sharing this Redis db
             for raw in client.lrange("cpu", 0, -1):
                 if job.id.encode() in raw:
                     client.lrem("cpu", 0, raw)
-            client.delete(broker.RECOVER_LOCK)
+            client.delete(reconcile.RECOVER_LOCK)
             factory.kw["bind"].dispose()
             celery.close()
             client.close()

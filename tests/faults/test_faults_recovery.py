@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from store import broker
+from messaging import celery_factory, queues
 from tests.faults.conftest import LEASE_S, POISON_NAME
 from tests.faults.procs import TERMINAL, Stack, tiny_spec, training_starts, wait_for
 
@@ -59,7 +59,7 @@ def wide_rows(n: int, *, features: int = 4, seed: int = 0) -> tuple[list[list[fl
 
 
 def celery_sender(stack: Stack) -> Any:
-    return broker.make_celery(stack.redis.url, max_runtime_s=600)
+    return celery_factory.make_celery(stack.redis.url, max_runtime_s=600)
 
 
 def artifact_names(stack: Stack, job_id: str) -> list[str]:
@@ -155,11 +155,11 @@ def test_the_same_task_delivered_several_times_runs_once(stack: Stack) -> None:
         with stack.http(stack.new_key()) as client:
             job_id = submit(client, spec)
             # two more copies right behind the API's own message: both workers take one
-            broker.enqueue_job(sender, job_id, "cpu", redis=redis)
-            broker.enqueue_job(sender, job_id, "cpu", redis=redis)
+            queues.enqueue_job(sender, job_id, "cpu", redis=redis)
+            queues.enqueue_job(sender, job_id, "cpu", redis=redis)
             wait_for(lambda: stack.job(job_id).status == "running", 60, 0.02, "running")
             # and one while it runs, as a visibility timeout would redeliver it
-            broker.enqueue_job(sender, job_id, "cpu", redis=redis)
+            queues.enqueue_job(sender, job_id, "cpu", redis=redis)
             done = wait_done(stack, [job_id], 90)[job_id]
             assert done.status == "succeeded", done.error_message
             wait_for(lambda: redis.llen("cpu") == 0, 30, 0.1, "every copy consumed")
@@ -187,7 +187,7 @@ def test_a_delivery_that_finds_a_live_lease_leaves_the_job_alone(stack: Stack) -
             running = wait_for(lambda: (j := stack.job(job_id)).status == "running" and j,
                                60, 0.02, "running")
             for _ in range(3):
-                broker.enqueue_job(sender, job_id, "cpu", redis=redis)
+                queues.enqueue_job(sender, job_id, "cpu", redis=redis)
             done = wait_done(stack, [job_id], 90)[job_id]
     finally:
         redis.close()

@@ -104,7 +104,7 @@ def test_cancel_a_queued_job(client, auth):
 
 
 def test_cancel_a_running_job_sets_the_flag(harness, client, auth, redis_url):
-    from store.events import cancel_key
+    from messaging.live_events import cancel_key
     from store.jobs import claim_job
 
     job_id = client.post("/v1/jobs", headers=auth, json=SPEC).json()["id"]

@@ -133,7 +133,7 @@ def test_events_of_a_finished_job(client, done):
 def test_events_live(harness, client, trained):
     """A client that connects while the job is queued gets the status, each epoch once
     (published on Redis and recorded in the database), and the end."""
-    from store.events import publish_event, publish_status
+    from messaging.live_events import publish_event, publish_status
     from store.jobs import claim_job, finish_job, get_job, record_epochs
 
     headers = harness.auth()

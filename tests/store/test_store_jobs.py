@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 
+from service.schemas import JobPublic
 from store import jobs
 from store.errors import IdempotencyConflict, InvalidCursor, JobStateError
 from store.models import JobMetric, JobStatus, utcnow
@@ -25,7 +26,7 @@ def new_job(session, tenant, **kw):
 
 def test_create_and_public_view(db_session, tenant):
     job = new_job(db_session, tenant, parameter_count=123)
-    public = jobs.job_public(job)
+    public = JobPublic.from_row(job).model_dump(mode="json")
     assert set(public) == {"id", "name", "status", "spec", "created_at", "started_at",
                            "finished_at", "progress", "attempts", "device",
                            "parameter_count", "metrics", "error", "artifacts"}
@@ -101,7 +102,7 @@ def test_max_attempts_fails_the_job(db_session, tenant):
                           now=t) is None
     job = jobs.get_job(db_session, job.id)
     assert job.status == "failed" and job.attempts == 3
-    public = jobs.job_public(job)
+    public = JobPublic.from_row(job).model_dump(mode="json")
     assert public["error"]["type"] == "max_attempts"
     assert "MLP_MAX_ATTEMPTS=3" in public["error"]["message"]
 
@@ -155,7 +156,7 @@ def test_record_epochs_once_each_and_summary(db_session, tenant):
     assert rows[1]["val_loss"] == 0.5
     assert rows[0]["diagnostics"]["x"] is None  # NaN stored as null
     assert [r["epoch"] for r in jobs.get_metrics(db_session, job.id, since=1)] == [2, 3]
-    summary = jobs.job_public(job)["metrics"]
+    summary = JobPublic.from_row(job).model_dump(mode="json")["metrics"]
     assert summary["best_epoch"] == 2 and summary["monitor"] == "val_loss"
     assert summary["final"]["epoch"] == 3 and summary["final"]["val_loss"] == 0.7
     assert summary["best"]["val_loss"] == 0.5 and summary["best"]["val_accuracy"] == 0.9
@@ -169,7 +170,7 @@ def test_finish_with_weights_and_error(db_session, tenant):
         "uri": "jobs/j/weights.safetensors", "bytes": 10, "sha256": "a" * 64,
         "pt_uri": "jobs/j/weights.pt", "pt_bytes": 12, "pt_sha256": "b" * 64},
         summary_updates={"best_epoch": 4})
-    public = jobs.job_public(jobs.get_job(db_session, job.id))
+    public = JobPublic.from_row(jobs.get_job(db_session, job.id)).model_dump(mode="json")
     assert public["status"] == "succeeded" and public["finished_at"].endswith("Z")
     assert public["artifacts"] == {
         "weights": {"format": "safetensors", "bytes": 10, "sha256": "a" * 64},
@@ -180,7 +181,7 @@ def test_finish_with_weights_and_error(db_session, tenant):
     jobs.claim_job(db_session, job2.id, worker_id="w", lease_s=30)
     assert not jobs.finish_job(db_session, job2.id, "failed", worker_id="someone-else")
     jobs.finish_job(db_session, job2.id, "failed", error=("diverged", "loss became NaN at epoch 7"))
-    assert jobs.job_public(jobs.get_job(db_session, job2.id))["error"] == {
+    assert JobPublic.from_row(jobs.get_job(db_session, job2.id)).model_dump(mode="json")["error"] == {
         "type": "diverged", "message": "loss became NaN at epoch 7"}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import wait_for
 
-from store import broker, jobs
-from store.events import set_cancel_flag
+from messaging import celery_factory, queues
+from messaging.live_events import set_cancel_flag
+from store import jobs
 from store.models import Job
 
 pytestmark = pytest.mark.slow
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def sender(celery_worker, redis_url):
-    app = broker.make_celery(redis_url)
+    app = celery_factory.make_celery(redis_url)
     yield app
     app.close()
 
@@ -36,8 +37,8 @@ def test_worker_runs_a_job_once_even_if_delivered_twice(celery_worker, sender, m
     from store.artifacts import ArtifactStore
 
     job_id = make_job({"dataset": {"builtin": "iris"}, "training": {"epochs": 3}})
-    broker.enqueue_job(sender, job_id, "cpu", redis=redis_client)
-    broker.enqueue_job(sender, job_id, "cpu", redis=redis_client)  # a duplicate delivery
+    queues.enqueue_job(sender, job_id, "cpu", redis=redis_client)
+    queues.enqueue_job(sender, job_id, "cpu", redis=redis_client)  # a duplicate delivery
     job = wait_for(lambda: finished(session_factory, job_id), 60, 0.1)
     assert job.status == "succeeded", job.error_message
     _, rows = job_state(session_factory, job_id)
@@ -52,7 +53,7 @@ def test_worker_runs_a_job_once_even_if_delivered_twice(celery_worker, sender, m
 
 def test_cancel_a_running_job(celery_worker, sender, make_job, session_factory, redis_client):
     job_id = make_job({"dataset": {"builtin": "iris"}, "training": {"epochs": 10_000}})
-    broker.enqueue_job(sender, job_id, "cpu", redis=redis_client)
+    queues.enqueue_job(sender, job_id, "cpu", redis=redis_client)
     wait_for(lambda: job_state(session_factory, job_id)[0].epoch >= 2, 60, 0.1)
     with session_factory() as s:
         jobs.request_cancel(s, s.get(Job, job_id))
@@ -67,7 +68,7 @@ def test_a_diverging_job_fails(celery_worker, sender, make_job, session_factory,
     job_id = make_job({"dataset": {"builtin": "diabetes"}, "task": "regression",
                        "optimizer": {"name": "sgd", "lr": 10},
                        "training": {"epochs": 50, "standardize": False}})
-    broker.enqueue_job(sender, job_id, "cpu", redis=redis_client)
+    queues.enqueue_job(sender, job_id, "cpu", redis=redis_client)
     job = wait_for(lambda: finished(session_factory, job_id), 60, 0.1)
     assert job.status == "failed" and job.error_type == "diverged"
     assert job.error_message.startswith("loss became")
@@ -90,7 +91,7 @@ def test_a_killed_training_process_is_resumed_from_its_checkpoint(
     spec = {"dataset": {"builtin": "iris"}, "model": {"hidden_dims": [16]},
             "training": {"epochs": 60, "batch_size": 16, "checkpoint_every": 5, "seed": 7}}
     job_id = make_job(spec)
-    broker.enqueue_job(sender, job_id, "cpu", redis=redis_client)
+    queues.enqueue_job(sender, job_id, "cpu", redis=redis_client)
     job = wait_for(lambda: (j := job_state(session_factory, job_id)[0]).checkpoint_epoch
                    and j.checkpoint_epoch >= 10 and j, 60, 0.05)
     pid = int(job.worker_id.split(":")[1])

@@ -3,7 +3,7 @@
 Redis only carries messages; the database stays the source of truth, so a lost event is
 never lost data (a late SSE client reads the epochs so far from the database first).
 
-- channel `mlp:jobs:<job_id>:events`: JSON `{"type": "status", "data": <job object>}` on
+- channel `mlp:jobs:<job_id>:events`: JSON `{"type": "status", "data": {"id", "status"}}` on
   every status change, `{"type": "metrics", "data": <epoch record with "epoch">}` per epoch.
 - key `mlp:jobs:<job_id>:cancel`: set when a cancel is requested; the worker polls it.
 - key `mlp:jobs:<job_id>:queued`: set while a message for the job waits in the broker.
@@ -74,10 +74,9 @@ def publish_event(redis: redis_lib.Redis, job_id: str, type_: str, data: Any) ->
 
 
 def publish_status(redis: redis_lib.Redis, job: Any) -> bool:
-    """Publish a `status` event whose data is the job object (store.jobs.job_public)."""
-    from .jobs import job_public
-
-    return publish_event(redis, job.id, "status", job_public(job))
+    """Publish a `status` event with the job's id and new status. A stream that receives it
+    reads the job from the database, which has the last word, and sends the whole job."""
+    return publish_event(redis, job.id, "status", {"id": job.id, "status": str(job.status)})
 
 
 def set_cancel_flag(redis: redis_lib.Redis, job_id: str, *, ttl_s: int = CANCEL_FLAG_TTL_S) -> None:

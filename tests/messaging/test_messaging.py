@@ -6,7 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from store import broker, events, jobs
+from messaging import celery_factory, queues, reconcile
+from messaging import live_events as events
+from store import jobs
 from store.models import Job, utcnow
 
 SPEC = {"dataset": {"builtin": "iris"}, "training": {"epochs": 3}}
@@ -14,7 +16,7 @@ SPEC = {"dataset": {"builtin": "iris"}, "training": {"epochs": 3}}
 
 @pytest.fixture
 def celery(redis_url):
-    app = broker.make_celery(redis_url, max_runtime_s=100)
+    app = celery_factory.make_celery(redis_url, max_runtime_s=100)
     yield app
     app.close()
 
@@ -31,14 +33,14 @@ def test_celery_configuration(celery, redis_url):
 
 
 def test_celery_url_for_unix_sockets():
-    assert broker.celery_url("unix:///tmp/r.sock?db=3") == \
+    assert celery_factory.celery_url("unix:///tmp/r.sock?db=3") == \
         "redis+socket:///tmp/r.sock?virtual_host=3"
-    assert broker.celery_url("redis://h:6379/2") == "redis://h:6379/2"
+    assert celery_factory.celery_url("redis://h:6379/2") == "redis://h:6379/2"
 
 
 def test_enqueue_sends_a_json_message_by_task_name(celery, redis_client):
     redis_client.delete("cpu")
-    broker.enqueue_job(celery, "job_abc", "cpu", redis=redis_client)
+    queues.enqueue_job(celery, "job_abc", "cpu", redis=redis_client)
     assert redis_client.exists(events.queued_key("job_abc"))
     raw = redis_client.lrange("cpu", 0, -1)
     assert len(raw) == 1
@@ -46,20 +48,20 @@ def test_enqueue_sends_a_json_message_by_task_name(celery, redis_client):
     assert message["headers"]["task"] == "worker.tasks.train_job"
     assert message["headers"]["argsrepr"] in ("['job_abc']", "('job_abc',)")
     with pytest.raises(ValueError):
-        broker.enqueue_job(celery, "job_abc", "tpu", redis=redis_client)
+        queues.enqueue_job(celery, "job_abc", "tpu", redis=redis_client)
     redis_client.delete("cpu")
 
 
 def test_gpu_routing(redis_client):
-    assert broker.queue_for_device("cuda", redis_client) == "gpu"
-    assert broker.queue_for_device("cpu", redis_client) == "cpu"
-    assert broker.queue_for_device("auto", redis_client) == "cpu"
-    redis_client.set(broker.gpu_worker_key("host-1"), "1", ex=5)
+    assert queues.queue_for_device("cuda", redis_client) == "gpu"
+    assert queues.queue_for_device("cpu", redis_client) == "cpu"
+    assert queues.queue_for_device("auto", redis_client) == "cpu"
+    redis_client.set(queues.gpu_worker_key("host-1"), "1", ex=5)
     try:
-        assert broker.gpu_worker_alive(redis_client)
-        assert broker.queue_for_device("auto", redis_client) == "gpu"
+        assert queues.gpu_worker_alive(redis_client)
+        assert queues.queue_for_device("auto", redis_client) == "gpu"
     finally:
-        redis_client.delete(broker.gpu_worker_key("host-1"))
+        redis_client.delete(queues.gpu_worker_key("host-1"))
 
 
 def test_events_and_cancel_flag(redis_client):
@@ -98,7 +100,7 @@ def test_recover_jobs_requeues_what_redis_lost(session_factory, tenant, celery, 
         jobs.request_cancel(s, s.get(Job, stopping.id))
 
     redis_client.delete("cpu")
-    counts = broker.recover_jobs(session_factory, redis_client, celery, grace_s=10)
+    counts = reconcile.recover_jobs(session_factory, redis_client, celery, grace_s=10)
     assert counts == {"requeued": 2, "cancelled": 1}
     queued = [json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange("cpu", 0, -1)]
     assert any(lost.id in q for q in queued) and any(dead.id in q for q in queued)
@@ -106,6 +108,6 @@ def test_recover_jobs_requeues_what_redis_lost(session_factory, tenant, celery, 
     with session_factory() as s:
         assert s.get(Job, stopping.id).status == "cancelled"
     # running it again does not queue duplicates: the markers say the messages wait
-    assert broker.recover_jobs(session_factory, redis_client, celery, grace_s=10) == {
+    assert reconcile.recover_jobs(session_factory, redis_client, celery, grace_s=10) == {
         "requeued": 0, "cancelled": 0}
     redis_client.delete("cpu")

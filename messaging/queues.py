@@ -1,0 +1,58 @@
+"""Sending a job to its queue, and which queue that is (cpu or gpu, by the job's device and
+the GPU workers alive)."""
+
+from __future__ import annotations
+
+import redis as redis_lib
+from celery import Celery
+
+from .celery_factory import QUEUES, TRAIN_TASK
+from .live_events import queued_key, redis_from_url
+
+__all__ = ["enqueue_job", "queue_for_device", "gpu_worker_alive", "gpu_worker_key"]
+
+GPU_WORKER_PREFIX = "mlp:workers:gpu:"
+
+
+def enqueue_job(celery: Celery, job_id: str, queue: str, *,
+                redis: redis_lib.Redis | None = None) -> None:
+    """Send `worker.tasks.train_job(job_id)` to `queue` ("cpu" or "gpu").
+
+    Also sets `mlp:jobs:<id>:queued`, so that recover_jobs can tell a message that waits
+    in the broker from one that Redis has lost.
+    """
+    if queue not in QUEUES:
+        raise ValueError(f"queue must be one of {QUEUES}, not {queue!r}")
+    own = redis is None
+    if redis is None:
+        redis = redis_from_url(celery.conf.mlp_redis_url)
+    try:
+        ttl = int(celery.conf.broker_transport_options.get("visibility_timeout", 90_000))
+        redis.set(queued_key(job_id), queue, ex=ttl)
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue, routing_key=queue)
+    finally:
+        if own:
+            redis.close()
+
+
+def gpu_worker_key(worker_id: str) -> str:
+    return GPU_WORKER_PREFIX + worker_id
+
+
+def gpu_worker_alive(redis: redis_lib.Redis) -> bool:
+    """Whether some GPU worker has announced itself recently (a key with a TTL)."""
+    for _ in redis.scan_iter(match=GPU_WORKER_PREFIX + "*", count=100):
+        return True
+    return False
+
+
+def queue_for_device(device: str, redis: redis_lib.Redis | None = None) -> str:
+    """cuda → gpu; cpu → cpu; auto → gpu when a GPU worker is alive, else cpu."""
+    if device == "cuda":
+        return "gpu"
+    if device == "auto" and redis is not None:
+        try:
+            return "gpu" if gpu_worker_alive(redis) else "cpu"
+        except redis_lib.RedisError:
+            return "cpu"
+    return "cpu"
