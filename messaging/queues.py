@@ -9,7 +9,8 @@ from celery import Celery
 from .celery_factory import QUEUES, TRAIN_TASK
 from .live_events import queued_key, redis_from_url
 
-__all__ = ["enqueue_job", "queue_for_device", "gpu_worker_alive", "gpu_worker_key"]
+__all__ = ["enqueue_job", "queue_for_device", "gpu_worker_alive", "gpu_worker_key",
+           "gpu_worker_known_absent"]
 
 GPU_WORKER_PREFIX = "mlp:workers:gpu:"
 
@@ -44,6 +45,18 @@ def gpu_worker_alive(redis: redis_lib.Redis) -> bool:
     for _ in redis.scan_iter(match=GPU_WORKER_PREFIX + "*", count=100):
         return True
     return False
+
+
+def gpu_worker_known_absent(redis: redis_lib.Redis | None) -> bool:
+    """True only when Redis answers and no GPU worker has announced itself: a `cuda` job
+    would then wait forever. Unknown (no Redis) is not absent: the job is stored and the
+    enqueue reports Redis."""
+    if redis is None:
+        return False
+    try:
+        return not gpu_worker_alive(redis)
+    except redis_lib.RedisError:
+        return False
 
 
 def queue_for_device(device: str, redis: redis_lib.Redis | None = None) -> str:

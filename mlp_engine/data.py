@@ -30,6 +30,7 @@ __all__ = [
     "Standardizer",
     "FORMATS",
     "MAX_CLASSES",
+    "MAX_LABEL_CHARS",
     "load_builtin",
     "builtin_info",
     "read_table",
@@ -47,6 +48,7 @@ _SUFFIXES = {".csv": "csv", ".npz": "npz", ".parquet": "parquet", ".pq": "parque
 # A single target column with more distinct integral values than this is not read as
 # classes; with at most _MAX_DEFAULT_CLASSES it is classification unless the task says not.
 MAX_CLASSES = 1000
+MAX_LABEL_CHARS = 256  # of one class label given as a string
 _MAX_DEFAULT_CLASSES = 20
 # Row counts of the fixed scikit-learn datasets, so builtin_info need not load them.
 _FIXED_ROWS = {"iris": 150, "digits": 1797, "wine": 178, "breast_cancer": 569, "diabetes": 442}
@@ -508,7 +510,11 @@ def _from_arrays(x: np.ndarray, y: np.ndarray, *, where: str,
                             field=field)
         if y.dtype.kind == "O" and not all(isinstance(v, str) for v in y):
             raise DataError(f"y in {where} mixes strings with other values", field=field)
-        labels = np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
+        try:
+            labels = np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
+        except UnicodeDecodeError as exc:
+            raise DataError(f"y in {where} holds bytes that are not UTF-8; store string "
+                            "labels as UTF-8 text", field=field) from exc
         y_out = np.array([str(v) for v in labels], dtype=object)
     elif y.dtype.kind in "biu":
         y_out = y.astype(np.int64)
@@ -593,13 +599,26 @@ def _class_labels(y: np.ndarray) -> tuple[Any, ...] | None:
         return None
     if _is_string_target(y):
         values = [str(v) for v in y] if y.dtype.kind == "O" else y.astype(str)
-        return tuple(str(v) for v in np.unique(np.asarray(values, dtype=object)))
+        labels = tuple(str(v) for v in np.unique(np.asarray(values, dtype=object)))
+        _check_string_labels(labels)
+        return labels
     if y.dtype.kind not in "biuf" or not _integral(y):
         return None
     distinct = np.unique(y)
     if len(distinct) > MAX_CLASSES:
         return None
     return tuple(int(v) for v in distinct)
+
+
+def _check_string_labels(labels: tuple[str, ...]) -> None:
+    """String classes are bounded like numeric ones: in number and in length."""
+    if len(labels) > MAX_CLASSES:
+        raise DataError(f"the target has {len(labels)} distinct string labels; a class "
+                        f"target may have at most {MAX_CLASSES} classes", field="target")
+    longest = max(labels, key=len, default="")
+    if len(longest) > MAX_LABEL_CHARS:
+        raise DataError(f"a class label has {len(longest)} characters ('{longest[:40]}...'); "
+                        f"labels may have at most {MAX_LABEL_CHARS}", field="target")
 
 
 def describe(data: LoadedData, *, default_task: str | None = None) -> DatasetInfo:

@@ -35,7 +35,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlp_engine.errors import DataError, SpecError
 from store.artifacts import ArtifactError
-from store.errors import IdempotencyConflict, InvalidCursor, JobStateError, StoreError
+from store.errors import (
+    ActiveJobsLimit,
+    DatasetGone,
+    DatasetInUse,
+    DatasetQuota,
+    IdempotencyConflict,
+    InvalidCursor,
+    JobStateError,
+    StoreError,
+)
 
 __all__ = [
     "ServiceError",
@@ -271,12 +280,24 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
-    if isinstance(exc, InvalidCursor):
-        return error_response(400, exc.message, error_type="invalid_cursor")
-    if isinstance(exc, JobStateError | IdempotencyConflict):
-        kind = "job_state" if isinstance(exc, JobStateError) else "idempotency_conflict"
-        return error_response(409, exc.message, error_type=kind)
+    for kind, (status, error_type) in _STORE_ANSWERS.items():
+        if isinstance(exc, kind):
+            retry_after = getattr(exc, "retry_after_s", None)
+            return error_response(status, exc.message, error_type=error_type, headers={
+                "Retry-After": str(retry_after)} if retry_after is not None else None)
     return await _on_unexpected(request, exc)
+
+
+# each store error's HTTP answer: (status, error type)
+_STORE_ANSWERS: dict[type[StoreError], tuple[int, str]] = {
+    InvalidCursor: (400, "invalid_cursor"),
+    JobStateError: (409, "job_state"),
+    IdempotencyConflict: (409, "idempotency_conflict"),
+    DatasetInUse: (409, "dataset_in_use"),
+    DatasetGone: (409, "dataset_gone"),
+    DatasetQuota: (409, "quota_exceeded"),
+    ActiveJobsLimit: (429, "too_many_requests"),
+}
 
 
 async def _on_artifact_error(request: Request, exc: Exception) -> JSONResponse:

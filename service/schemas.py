@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlp_engine.spec import check_rectangular
-from store.jobs import as_utc
 from store.status import JobStatus
+from store.timefmt import as_utc
 
 __all__ = [
     "ErrorItem",
@@ -143,6 +143,18 @@ class JobPublic(BaseModel):
             device=job.device, parameter_count=job.parameter_count,
             metrics=_summary_of(job.metrics_summary), error=error, artifacts=artifacts)
 
+    def for_listing(self) -> JobPublic:
+        """The job as a list shows it: inline data (up to megabytes) replaced by its shape;
+        `GET /v1/jobs/{id}` has the whole spec."""
+        inline = (self.spec.get("dataset") or {}).get("inline")
+        if not isinstance(inline, dict):
+            return self
+        x = inline.get("x") or []
+        shape = {"rows": len(x), "columns": len(x[0]) if x and isinstance(x[0], list) else 0,
+                 "omitted": "GET /v1/jobs/{id} has the data"}
+        spec = {**self.spec, "dataset": {**self.spec["dataset"], "inline": shape}}
+        return self.model_copy(update={"spec": spec})
+
 
 def _summary_of(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """The public part of the stored metrics summary."""
@@ -186,9 +198,27 @@ class DatasetPublic(BaseModel):
     class_labels: list[Any] | None = None
     feature_names: list[str]
     multilabel: bool = False
-    bytes: int
+    bytes: int = Field(description="size of the uploaded file")
+    stored_bytes: int | None = Field(
+        default=None, description="what the dataset takes decoded (rows as float32, labels "
+                                  "as text), as its tenant's quota counts it")
     sha256: str
     created_at: datetime
+    labels_omitted: bool = Field(
+        default=False, description="true in a listing whose class labels (or feature "
+                                   "names) were too long to repeat; GET the dataset for them")
+
+    def for_listing(self) -> DatasetPublic:
+        """As a list shows it: long label and feature-name lists left out."""
+        texts = [*(self.class_labels or ()), *self.feature_names]
+        if len(texts) <= _LISTED_NAMES and sum(len(str(t)) for t in texts) <= _LISTED_CHARS:
+            return self
+        return self.model_copy(update={"class_labels": None, "feature_names": [],
+                                       "labels_omitted": True})
+
+
+_LISTED_NAMES = 100
+_LISTED_CHARS = 4096
 
 
 class DatasetList(BaseModel):

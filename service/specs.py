@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mlp_engine.data import builtin_info, describe, load_inline
@@ -23,6 +22,7 @@ from mlp_engine.theory import (
     parameter_count_formula,
     parameter_count_formula_text,
 )
+from store.datasets import get_dataset_for_tenant
 from store.models import Dataset
 
 from .errors import InvalidInput
@@ -88,8 +88,7 @@ def resolve_for_tenant(session: Session, *, tenant_id: str, spec: JobSpec,
                                "POST /v1/datasets instead", field="dataset.inline")
         info = describe(load_inline(ds.inline.x, ds.inline.y))
     else:
-        row = session.scalar(select(Dataset).where(Dataset.id == ds.id,
-                                                   Dataset.tenant_id == tenant_id))
+        row = get_dataset_for_tenant(session, tenant_id, ds.id)
         if row is None:
             raise InvalidInput(f"no dataset '{ds.id}' for this API key; upload one with "
                                "POST /v1/datasets or list yours with GET /v1/datasets",

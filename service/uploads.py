@@ -1,6 +1,10 @@
 """Streaming multipart uploads: the file part goes to a temporary file under the data
 directory in chunks, counted and hashed on the way, so an upload over the limit is refused
-(413) without the body ever being held in memory."""
+(413) without the body ever being held in memory.
+
+Everything else a client can send is bounded as it arrives, not at the end: only the form
+fields the route reads (`FORM_FIELDS`), each once and at most `_MAX_FIELD_BYTES`, at most
+`_MAX_PARTS` parts, and at most `_MAX_HEADER_BYTES` of part headers each."""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ __all__ = ["ReceivedUpload", "receive_multipart", "UPLOAD_FORMATS", "format_of"]
 UPLOAD_FORMATS = {"csv": "csv", "npz": "npz", "parquet": "parquet", "pq": "parquet"}
 _FLUSH_BYTES = 1 << 20
 _MAX_FIELD_BYTES = 64 * 1024
+_MAX_HEADER_BYTES = 16 * 1024  # of one part's headers
+FORM_FIELDS = ("name", "target", "format")  # besides the part `file`
+_MAX_PARTS = len(FORM_FIELDS) + 1
 _MULTIPART_SLACK = 64 * 1024  # headers, boundaries and form fields around the file
 
 
@@ -75,19 +82,35 @@ class _Receiver:
         self._part_is_file = False
         self._part_data = bytearray()
         self._files = 0
+        self._parts = 0
+        self._header_bytes = 0
         self.error: Exception | None = None
 
     # parser callbacks (plain functions: they only move bytes between buffers)
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > _MAX_PARTS:
+            raise InvalidInput(f"the upload has more than {_MAX_PARTS} parts; send the part "
+                               f"'file' and at most the fields {', '.join(FORM_FIELDS)}",
+                               field="multipart")
+        self._header_bytes = 0
         self._disposition = b""
         self._part_name = None
         self._part_is_file = False
         self._part_data = bytearray()
 
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > _MAX_HEADER_BYTES:
+            raise PayloadTooLarge(f"the headers of a multipart part are over "
+                                  f"{_MAX_HEADER_BYTES} bytes")
+
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -112,6 +135,13 @@ class _Receiver:
                                    field="file")
             self._part_is_file = True
             self.result.filename = options[b"filename"].decode("utf-8", "replace")
+        elif self._part_name not in FORM_FIELDS:
+            raise InvalidInput(f"unexpected form field '{self._part_name[:100]}'; the upload "
+                               f"takes the part 'file' and the fields {', '.join(FORM_FIELDS)}",
+                               field=self._part_name[:100])
+        elif self._part_name in self.result.fields:
+            raise InvalidInput(f"form field '{self._part_name}' is given twice",
+                               field=self._part_name)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]

@@ -10,19 +10,21 @@ single conditional UPDATEs, so two processes can never both win. Each function c
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import IdempotencyConflict, InvalidCursor, JobStateError
-from .models import ACTIVE, TERMINAL, Job, JobMetric, JobStatus, new_id, utcnow
+from .errors import ActiveJobsLimit, DatasetGone, JobStateError
+from .idempotency import replayed
+from .locks import lock_row
+from .models import ACTIVE, TERMINAL, Dataset, Job, JobMetric, JobStatus, Tenant, new_id, utcnow
+from .paging import keyset_page
+from .timefmt import as_utc, rfc3339
 
 __all__ = [
     "create_job",
@@ -37,7 +39,6 @@ __all__ = [
     "finish_job",
     "request_cancel",
     "delete_job",
-    "dataset_in_use",
     "count_by_status",
     "mark_enqueued",
     "summarize",
@@ -46,24 +47,9 @@ __all__ = [
     "json_safe",
 ]
 
-MAX_LIST_LIMIT = 200
 
 
 # --------------------------------------------------------------------------- time and JSON
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every datetime we store is UTC."""
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def rfc3339(dt: datetime | None) -> str | None:
-    dt = as_utc(dt)
-    if dt is None:
-        return None
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def json_safe(value: Any) -> Any:
@@ -106,16 +92,20 @@ def create_job(
     epochs: int | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    max_active: int | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; return (job, created).
 
     With an `idempotency_key`, a repeat with the same `request_hash` returns the existing
     job and created=False; the same key with another hash raises IdempotencyConflict.
+    The checks that concurrent requests could race are made in the inserting transaction,
+    after the insert: at most `max_active` queued and running jobs for the tenant
+    (ActiveJobsLimit), and the dataset still there (DatasetGone; see store.datasets).
     """
-    if idempotency_key is not None:
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            return _idempotent_repeat(existing, request_hash), False
+    existing = replayed(session, Job, tenant_id=tenant_id, key=idempotency_key,
+                        request_hash=request_hash)
+    if existing is not None:
+        return existing, False
     if epochs is None:
         epochs = int((spec.get("training") or {}).get("epochs") or 0)
     now = utcnow()
@@ -138,31 +128,44 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
-    session.add(job)
     try:
-        session.commit()
+        _insert_checked(session, job, max_active=max_active)
     except IntegrityError:
         session.rollback()
         if idempotency_key is None:
             raise
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = replayed(session, Job, tenant_id=tenant_id, key=idempotency_key,
+                            request_hash=request_hash)
         if existing is None:
             raise
-        return _idempotent_repeat(existing, request_hash), False
+        return existing, False
     return job, True
 
 
-def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
-
-
-def _idempotent_repeat(job: Job, request_hash: str | None) -> Job:
-    if job.request_hash != request_hash:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was already used with a different request body; "
-            "use a new key for a new job")
-    return job
+def _insert_checked(session: Session, job: Job, *, max_active: int | None) -> None:
+    """Insert and commit `job`, or roll back and raise. Locking the tenant's row (and the
+    dataset's) serialises the checks on PostgreSQL; on SQLite the insert itself takes the
+    one write lock, so the counts read after it include every other committed insert."""
+    lock_row(session, Tenant, job.tenant_id)
+    session.add(job)
+    session.flush()
+    try:
+        if max_active is not None:
+            active = session.scalar(select(func.count()).select_from(Job).where(
+                Job.tenant_id == job.tenant_id, Job.status.in_(ACTIVE))) or 0
+            if active > max_active:
+                raise ActiveJobsLimit(
+                    f"{active - 1} jobs are queued or running for this API key, the limit "
+                    f"max_active_jobs_per_tenant={max_active} "
+                    "(MLP_MAX_ACTIVE_JOBS_PER_TENANT); wait for some to finish or cancel "
+                    "them")
+        if job.dataset_id is not None and not lock_row(session, Dataset, job.dataset_id):
+            raise DatasetGone(f"dataset {job.dataset_id} was deleted while this job was being "
+                              "created; upload it again")
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
 
 
 def could_be_id(value: str) -> bool:
@@ -187,29 +190,6 @@ def get_job_for_tenant(session: Session, tenant_id: str, job_id: str) -> Job | N
     return job
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = json.dumps([rfc3339_full(job.created_at), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def rfc3339_full(dt: datetime | None) -> str | None:
-    dt = as_utc(dt)
-    return dt.isoformat(timespec="microseconds") if dt else None
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
-        created_at = datetime.fromisoformat(created)
-        if not isinstance(job_id, str):
-            raise TypeError
-    except (ValueError, TypeError) as exc:
-        raise InvalidCursor("cursor: not a cursor this service handed out; "
-                            "pass next_cursor from the previous page") from exc
-    return as_utc(created_at), job_id  # type: ignore[return-value]
-
-
 def list_jobs(
     session: Session,
     tenant_id: str,
@@ -220,7 +200,6 @@ def list_jobs(
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """A page of the tenant's jobs, newest first, and the cursor of the next page."""
-    limit = max(1, min(int(limit), MAX_LIST_LIMIT))
     if name is not None and "\x00" in name:
         return [], None  # no name holds a NUL (and PostgreSQL refuses to compare one)
     q = select(Job).where(Job.tenant_id == tenant_id)
@@ -229,23 +208,7 @@ def list_jobs(
         q = q.where(Job.status.in_(statuses))
     if name is not None:
         q = q.where(Job.name == name)
-    if cursor:
-        created_at, job_id = _decode_cursor(cursor)
-        if session.get_bind().dialect.name == "sqlite":
-            created_at = created_at.replace(tzinfo=None)  # compared as stored: naive UTC
-        q = q.where(or_(Job.created_at < created_at,
-                        and_(Job.created_at == created_at, Job.id < job_id)))
-    q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(q))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
-
-
-def dataset_in_use(session: Session, dataset_id: str) -> bool:
-    """Whether a queued, running or cancelling job trains on this dataset."""
-    return session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.dataset_id == dataset_id, Job.status.in_(ACTIVE))) > 0
+    return keyset_page(session, q, Job, limit=limit, cursor=cursor)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -83,7 +83,10 @@ class Dataset(Base):
     feature_names: Mapped[list[Any]] = mapped_column(JSON)
     target_numeric: Mapped[bool] = mapped_column(Boolean, default=True)
     multilabel: Mapped[bool] = mapped_column(Boolean, default=False)
-    bytes: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # of the uploaded file
+    # what it takes decoded (rows as float32, labels as text), or the file's size if more:
+    # the quota charges this (null on rows from before it existed: `bytes` is charged)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha256: Mapped[str] = mapped_column(String(64))
     uri: Mapped[str] = mapped_column(Text)  # key in the artifact store
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -3,25 +3,27 @@ delete."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session
 
 from mlp_engine.data import LoadedData, describe, read_table
 from mlp_engine.spec import DatasetInfo
-from store.jobs import as_utc, dataset_in_use
+from store.datasets import (
+    add_dataset,
+    delete_dataset,
+    list_datasets,
+    quota_message,
+    stored_bytes,
+)
 from store.models import Dataset, new_id, utcnow
+from store.timefmt import as_utc
 
 from ..deps import DatasetDep, ServicesDep, SessionDep, TenantDep
-from ..errors import BadRequest, Conflict, InvalidInput
+from ..errors import Conflict, InvalidInput
 from ..schemas import DatasetList, DatasetPublic, ErrorBody, ValidationErrorBody
 from ..uploads import format_of, receive_multipart
 
@@ -66,18 +68,30 @@ def dataset_public(row: Dataset) -> DatasetPublic:
         n_rows=row.n_rows, n_features=row.n_features, n_outputs=row.n_outputs,
         n_classes=row.n_classes, class_labels=row.class_labels,
         feature_names=[str(f) for f in row.feature_names], multilabel=row.multilabel,
-        bytes=row.bytes, sha256=row.sha256, created_at=as_utc(row.created_at) or row.created_at)
+        bytes=row.bytes, stored_bytes=row.stored_bytes or row.bytes, sha256=row.sha256,
+        created_at=as_utc(row.created_at) or row.created_at)
 
 
-def _stored_bytes(session: Session, tenant_id: str) -> int:
-    return int(session.scalar(select(func.coalesce(func.sum(Dataset.bytes), 0))
-                              .where(Dataset.tenant_id == tenant_id)) or 0)
+_PARSE_LIMITER: anyio.CapacityLimiter | None = None
+_PARALLEL_PARSES = 2
 
 
-def _quota_message(used: int, adding: int, limit: int) -> str:
-    return (f"this API key stores {used} bytes of datasets; adding {adding} would pass the "
-            f"limit max_dataset_bytes_per_tenant={limit} (MLP_MAX_DATASET_BYTES_PER_TENANT); "
-            "delete datasets you no longer need")
+def _parse_limiter() -> anyio.CapacityLimiter:
+    global _PARSE_LIMITER
+    if _PARSE_LIMITER is None:
+        _PARSE_LIMITER = anyio.CapacityLimiter(_PARALLEL_PARSES)
+    return _PARSE_LIMITER
+
+
+def decoded_bytes(data: LoadedData) -> int:
+    """What a dataset takes once decoded: features as float32, targets as numbers or as the
+    UTF-8 text of their labels (what a quota must count, whatever the file's compression)."""
+    y = data.y
+    if y.dtype.kind in "OUS":
+        targets = sum(len(str(v).encode()) for v in y.ravel())
+    else:
+        targets = int(y.nbytes)
+    return int(data.x.nbytes) + targets
 
 
 def _check_name(name: str) -> str:
@@ -121,9 +135,9 @@ async def upload(request: Request, response: Response, services: ServicesDep,
                  session: SessionDep, tenant: TenantDep) -> DatasetPublic:
     settings = services.settings
     limit = settings.max_dataset_bytes_per_tenant
-    used = await anyio.to_thread.run_sync(_stored_bytes, session, tenant.id)
+    used = await anyio.to_thread.run_sync(stored_bytes, session, tenant.id)
     if used >= limit:
-        raise Conflict(_quota_message(used, 0, limit))
+        raise Conflict(quota_message(used, 0, limit))
     # give the connection back while the body arrives
     await anyio.to_thread.run_sync(session.rollback)
 
@@ -137,16 +151,16 @@ async def upload(request: Request, response: Response, services: ServicesDep,
         path = received.path
         assert path is not None
 
-        def parse() -> tuple[LoadedData, DatasetInfo]:
+        def parse() -> tuple[LoadedData, DatasetInfo, int]:
             data = read_table(path, format=fmt, target=target, max_uncompressed_bytes=(
                 settings.max_uncompressed_bytes or 4 * settings.max_upload_bytes))
-            return data, describe(data)
+            return data, describe(data), max(received.nbytes, decoded_bytes(data))
 
-        data, info = await anyio.to_thread.run_sync(parse)
-
-        used = await anyio.to_thread.run_sync(_stored_bytes, session, tenant.id)
-        if used + received.nbytes > limit:
-            raise Conflict(_quota_message(used, received.nbytes, limit))
+        # a few parses at a time: each may hold up to max_uncompressed_bytes decoded
+        data, info, charged = await anyio.to_thread.run_sync(parse, limiter=_parse_limiter())
+        used = await anyio.to_thread.run_sync(stored_bytes, session, tenant.id)
+        if used + charged > limit:
+            raise Conflict(quota_message(used, charged, limit))
 
         dataset_id = new_id("ds")
         key = f"datasets/{dataset_id}/data.{fmt}"
@@ -157,17 +171,16 @@ async def upload(request: Request, response: Response, services: ServicesDep,
             n_outputs=info.n_outputs, n_classes=info.n_classes,
             class_labels=list(info.class_labels) if info.class_labels is not None else None,
             feature_names=list(data.feature_names), target_numeric=info.target_numeric,
-            multilabel=info.multilabel, bytes=received.nbytes, sha256=received.sha256,
+            multilabel=info.multilabel, bytes=received.nbytes, stored_bytes=charged,
+            sha256=received.sha256,
             uri=key, created_at=utcnow())
         if hasattr(Dataset, "default_task"):
             row.default_task = info.default_task  # type: ignore[attr-defined]
 
         def store() -> None:
-            session.add(row)
             try:
-                session.commit()
-            except Exception:
-                session.rollback()
+                add_dataset(session, row, max_bytes=limit)
+            except BaseException:
                 services.artifacts.delete_prefix(f"datasets/{dataset_id}/")
                 raise
 
@@ -178,26 +191,6 @@ async def upload(request: Request, response: Response, services: ServicesDep,
     return dataset_public(row)
 
 
-def _encode_cursor(row: Dataset) -> str:
-    created = as_utc(row.created_at)
-    assert created is not None
-    raw = json.dumps([created.isoformat(timespec="microseconds"), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, dataset_id = json.loads(raw)
-        created_at = as_utc(datetime.fromisoformat(created))
-        if not isinstance(dataset_id, str) or created_at is None:
-            raise TypeError
-    except (ValueError, TypeError) as exc:
-        raise BadRequest("cursor: not a cursor this service handed out; pass next_cursor "
-                         "from the previous page") from exc
-    return created_at, dataset_id
-
-
 @router.get("", response_model=DatasetList, operation_id="listDatasets",
             responses={400: {**_E, "description": "bad cursor"}},
             summary="the caller's datasets, newest first")
@@ -205,19 +198,10 @@ def list_(session: SessionDep, tenant: TenantDep,
           name: Annotated[str | None, Query(max_length=_MAX_NAME)] = None,
           limit: Annotated[int, Query(ge=1, le=100)] = 20,
           cursor: Annotated[str | None, Query(max_length=1000)] = None) -> DatasetList:
-    q = select(Dataset).where(Dataset.tenant_id == tenant.id)
-    if name is not None:
-        q = q.where(Dataset.name == name)
-    if cursor:
-        created_at, dataset_id = _decode_cursor(cursor)
-        if session.get_bind().dialect.name == "sqlite":
-            created_at = created_at.replace(tzinfo=None)  # stored as naive UTC
-        q = q.where(or_(Dataset.created_at < created_at,
-                        and_(Dataset.created_at == created_at, Dataset.id < dataset_id)))
-    rows = list(session.scalars(
-        q.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return DatasetList(items=[dataset_public(r) for r in rows[:limit]], next_cursor=next_cursor)
+    rows, next_cursor = list_datasets(session, tenant.id, name=name, limit=limit,
+                                      cursor=cursor)
+    return DatasetList(items=[dataset_public(r).for_listing() for r in rows],
+                       next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=_NOT_FOUND,
@@ -233,12 +217,8 @@ def get(dataset: DatasetDep) -> DatasetPublic:
                           409: {**_E, "description": "a queued or running job uses it"}},
                summary="delete a dataset no active job uses")
 def delete(dataset: DatasetDep, services: ServicesDep, session: SessionDep) -> Response:
-    if dataset_in_use(session, dataset.id):
-        raise Conflict(f"dataset {dataset.id} is used by a queued or running job; cancel the "
-                       "job or wait for it to finish first")
     dataset_id = dataset.id
-    session.delete(dataset)
-    session.commit()
+    delete_dataset(session, dataset)
     try:
         services.artifacts.delete_prefix(f"datasets/{dataset_id}/")
     except Exception as exc:

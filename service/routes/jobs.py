@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import func, select
 
 from messaging.live_events import publish_status, set_cancel_flag
-from messaging.queues import enqueue_job, queue_for_device
+from messaging.queues import enqueue_job, gpu_worker_known_absent, queue_for_device
 from mlp_engine.spec import JobSpec
+from store.idempotency import replayed
 from store.jobs import (
     create_job,
     delete_job,
@@ -25,10 +25,10 @@ from store.jobs import (
     mark_enqueued,
     request_cancel,
 )
-from store.models import ACTIVE, Job, JobStatus
+from store.models import Job, JobStatus
 
 from ..deps import JobDep, ServicesDep, SessionDep, TenantDep
-from ..errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unavailable
+from ..errors import Conflict, InvalidInput, NotFound, Unavailable
 from ..schemas import (
     SPEC_EXAMPLES,
     Artifact,
@@ -94,35 +94,28 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
            ] = None) -> JobPublic:
     settings = services.settings
     digest = request_hash(spec)
-    if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
-                                                    Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            if existing.request_hash != digest:
-                raise Conflict("this Idempotency-Key was already used with a different "
-                               "request body; use a new key for a new job")
-            response.headers["Location"] = _location(existing.id)
-            response.headers["Idempotent-Replayed"] = "true"
-            return _public(existing)
-
-    active = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant.id, Job.status.in_(ACTIVE))) or 0
-    if active >= settings.max_active_jobs_per_tenant:
-        raise TooManyRequests(
-            f"{active} jobs are queued or running for this API key, the limit "
-            f"max_active_jobs_per_tenant={settings.max_active_jobs_per_tenant} "
-            "(MLP_MAX_ACTIVE_JOBS_PER_TENANT); wait for some to finish or cancel them",
-            retry_after=30)
-
+    existing = replayed(session, Job, tenant_id=tenant.id, key=idempotency_key,
+                        request_hash=digest)
+    if existing is not None:
+        response.headers["Location"] = _location(existing.id)
+        response.headers["Idempotent-Replayed"] = "true"
+        return _public(existing)
+    # the active-jobs limit and the dataset's presence are checked, race-free, with the
+    # insert (store.jobs.create_job)
     resolved = resolve_for_tenant(session, tenant_id=tenant.id, spec=spec,
                                   limits=settings.limits())
+    if resolved.spec.device == "cuda" and gpu_worker_known_absent(services.redis):
+        raise Unavailable(
+            "device 'cuda' was asked for but no GPU worker is running, so the job would wait "
+            "forever; use device 'auto' or 'cpu', or start a worker with a GPU "
+            "(mlpctl worker --queues gpu)", headers={"Retry-After": "60"})
     queue = queue_for_device(resolved.spec.device, services.redis)
     job, created = create_job(
         session, tenant_id=tenant.id, spec=resolved.spec.model_dump(mode="json"),
         name=resolved.spec.name, dataset_id=resolved.dataset_id, device=resolved.spec.device,
         queue=queue, parameter_count=resolved.parameter_count,
         epochs=resolved.spec.training.epochs, idempotency_key=idempotency_key,
-        request_hash=digest)
+        request_hash=digest, max_active=settings.max_active_jobs_per_tenant)
     response.headers["Location"] = _location(job.id)
     if not created:  # an identical request won the race for the same Idempotency-Key
         response.headers["Idempotent-Replayed"] = "true"
@@ -154,7 +147,7 @@ def list_(services: ServicesDep, session: SessionDep, tenant: TenantDep,
                             ] = None) -> JobList:
     jobs, next_cursor = list_jobs(session, tenant.id, status=status, name=name, limit=limit,
                                   cursor=cursor)
-    return JobList(items=[_public(j) for j in jobs], next_cursor=next_cursor)
+    return JobList(items=[_public(j).for_listing() for j in jobs], next_cursor=next_cursor)
 
 
 # --------------------------------------------------------------------------- one job

@@ -35,8 +35,19 @@ def test_create_job_stores_and_queues_it(client, auth, redis_url):
     assert client.get(r.headers["location"], headers=auth).json()["id"] == job["id"]
 
 
-def test_cuda_jobs_go_to_the_gpu_queue(client, auth, redis_url):
+def test_cuda_jobs_go_to_the_gpu_queue_or_are_refused_without_a_gpu_worker(
+        client, auth, redis_url, redis_client):
+    from messaging.queues import gpu_worker_key
+
     r = client.post("/v1/jobs", headers=auth, json={**SPEC, "device": "cuda"})
+    assert r.status_code == 503, r.text
+    assert "no GPU worker" in r.json()["message"] and r.headers["retry-after"]
+    assert client.get("/v1/jobs", headers=auth).json()["items"] == []
+    redis_client.set(gpu_worker_key("test-gpu-host"), "1", ex=30)
+    try:
+        r = client.post("/v1/jobs", headers=auth, json={**SPEC, "device": "cuda"})
+    finally:
+        redis_client.delete(gpu_worker_key("test-gpu-host"))
     assert r.status_code == 201
     assert _queue_holds(redis_url, "gpu", r.json()["id"])
     assert not _queue_holds(redis_url, "cpu", r.json()["id"])
@@ -150,3 +161,20 @@ def test_unknown_job_is_404(client, auth):
     r = client.get("/v1/jobs/job_doesnotexist", headers=auth)
     assert r.status_code == 404
     assert "job_doesnotexist" in r.json()["message"]
+
+
+def test_listings_summarise_inline_data(client, auth):
+    """Inline data is echoed on the job itself, not in every listing (SPEC 7)."""
+    x = [[float(i), float(i % 3)] for i in range(200)]
+    spec = {"dataset": {"inline": {"x": x, "y": [i % 2 for i in range(200)]}},
+            "training": {"epochs": 1}}
+    r = client.post("/v1/jobs", headers=auth, json=spec)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    listed = next(j for j in client.get("/v1/jobs", headers=auth).json()["items"]
+                  if j["id"] == job_id)
+    assert listed["spec"]["dataset"]["inline"]["rows"] == 200
+    assert listed["spec"]["dataset"]["inline"]["columns"] == 2
+    assert "x" not in listed["spec"]["dataset"]["inline"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["spec"]["dataset"][
+        "inline"]["x"] == x

@@ -183,19 +183,3 @@ def test_finish_with_weights_and_error(db_session, tenant):
     jobs.finish_job(db_session, job2.id, "failed", error=("diverged", "loss became NaN at epoch 7"))
     assert JobPublic.from_row(jobs.get_job(db_session, job2.id)).model_dump(mode="json")["error"] == {
         "type": "diverged", "message": "loss became NaN at epoch 7"}
-
-
-def test_delete_and_dataset_in_use(db_session, tenant):
-    job = new_job(db_session, tenant, dataset_id="ds_1")
-    assert jobs.dataset_in_use(db_session, "ds_1")
-    with pytest.raises(JobStateError):
-        jobs.delete_job(db_session, job)
-    jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
-    jobs.record_epochs(db_session, job.id, [{"epoch": 1, "train_loss": 1.0}])
-    jobs.finish_job(db_session, job.id, "succeeded")
-    job = jobs.get_job(db_session, job.id)
-    assert not jobs.dataset_in_use(db_session, "ds_1")
-    jobs.delete_job(db_session, job)
-    assert jobs.get_job(db_session, job.id) is None
-    assert jobs.get_metrics(db_session, job.id) == []
-    assert jobs.count_by_status(db_session)["succeeded"] >= 0
