@@ -3,7 +3,7 @@
     from mlp_engine import JobSpec, fit, load_model
     result = fit(JobSpec.model_validate({"dataset": {"builtin": "digits"}}))
 
-The spec, registry and theory modules import no torch; the names that need torch are
+The spec, registry, metric_table and theory modules import no torch; the names that need torch are
 loaded on first use, so a process that only validates specs (the API) starts fast.
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 
 __all__ = [
     "JobSpec", "DatasetInfo", "Limits", "resolve_spec",
-    "build_model", "fit", "FitResult", "Callback", "TrainState",
+    "build_model", "fit", "FitResult", "Callback", "TrainState", "StopTraining",
+    "EarlyStopping", "LRScheduler", "Checkpoint", "TimeLimit",
+    "METRICS", "metric_goal", "is_better", "metrics_for_task",
     "save_model", "load_model", "export_state_dict",
     "exact_parameter_count", "parameter_count_formula", "linear_region_bounds",
     "single_layer_regions", "montufar_lower_bound",
@@ -25,7 +27,11 @@ __all__ = [
 _WHERE = {
     "JobSpec": "spec", "DatasetInfo": "spec", "Limits": "spec", "resolve_spec": "spec",
     "build_model": "model", "fit": "training", "FitResult": "training",
-    "Callback": "callbacks", "TrainState": "callbacks",
+    "Callback": "callbacks", "TrainState": "callbacks", "StopTraining": "errors",
+    "EarlyStopping": "builtin_callbacks", "LRScheduler": "builtin_callbacks",
+    "Checkpoint": "builtin_callbacks", "TimeLimit": "builtin_callbacks",
+    "METRICS": "metric_table", "metric_goal": "metric_table", "is_better": "metric_table",
+    "metrics_for_task": "metric_table",
     "save_model": "weights", "load_model": "weights", "export_state_dict": "weights",
     "exact_parameter_count": "theory", "parameter_count_formula": "theory",
     "linear_region_bounds": "theory", "single_layer_regions": "theory",

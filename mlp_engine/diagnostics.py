@@ -7,14 +7,14 @@ them, so switching a diagnostic on never changes the trained weights.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .model import MLP
-from .registry import ACTIVATIONS
+from .registry import ACTIVATIONS, DIAGNOSTICS
 from .spec import JobSpec
 
 __all__ = ["gradient_norms", "activation_stats", "linear_regions", "internal_covariate_shift",
@@ -145,19 +145,21 @@ def internal_covariate_shift(model: MLP, loss_fn: Callable[[torch.Tensor, torch.
 
 def epoch_diagnostics(spec: JobSpec, model: MLP, *, x_train: torch.Tensor,
                       y_train: torch.Tensor, loss_fn: Callable[..., torch.Tensor], lr: float,
-                      epoch: int) -> dict[str, Any]:
-    """The diagnostics the spec asks for, as record fields."""
-    d = spec.diagnostics
+                      epoch: int, names: Collection[str] | None = None) -> dict[str, Any]:
+    """The diagnostics `names` (registry.DIAGNOSTICS; by default those the spec asks for),
+    as record fields (metric_table.METRICS says which field each adds)."""
+    if names is None:
+        names = {name for name in DIAGNOSTICS if getattr(spec.diagnostics, name)}
     out: dict[str, Any] = {}
-    if d.gradient_norms:
+    if "gradient_norms" in names:
         out["grad_norm"] = gradient_norms(model)
-    if d.activation_stats:
+    if "activation_stats" in names:
         out.update(activation_stats(model, x_train))
-    if d.linear_regions:
+    if "linear_regions" in names:
         regions = linear_regions(model, x_train, activation=spec.model.activation.name,
                                  seed=spec.training.seed * 100_003 + epoch)
         out["linear_regions"] = None if regions != regions else regions
-    if d.internal_covariate_shift:
+    if "internal_covariate_shift" in names:
         n = min(spec.training.batch_size, x_train.shape[0])
         out["ics"] = internal_covariate_shift(model, loss_fn, x_train[:n], y_train[:n], lr=lr)
     return out

@@ -5,9 +5,11 @@ MLPEngineError
  ├── DataError          data that cannot be read or used (parse errors, NaN, bad labels)
  ├── TrainingError      training that cannot go on
  │    └── DivergedError  the loss became NaN or infinite
- ├── TrainingStopped    a callback asked training to stop (cancel, time limit); not a failure
+ ├── TrainingStopped    a callback ended training (cancel, time limit); `fit` re-raises it
  │    ├── Cancelled
  │    └── TimeLimitExceeded
+ ├── StopTraining       a callback ends training early as a normal end (early stopping,
+ │                      pruning); `fit` catches it and returns, with the reason in the result
  └── WeightsError       a weights or checkpoint file that cannot be loaded
 """
 
@@ -22,6 +24,7 @@ __all__ = [
     "TrainingStopped",
     "Cancelled",
     "TimeLimitExceeded",
+    "StopTraining",
     "WeightsError",
 ]
 
@@ -74,6 +77,17 @@ class Cancelled(TrainingStopped):
 
 class TimeLimitExceeded(TrainingStopped):
     """Training ran longer than allowed."""
+
+
+class StopTraining(MLPEngineError):
+    """Raised by a callback to end training early, as a normal end: `fit` returns a result
+    with `stopped_early` and `stop_reason`. Raised from `on_epoch_end` it ends training after
+    that epoch (the other callbacks still see it), as `TrainState.stop(reason)` does; raised
+    from another hook it ends training at once, and a partly trained epoch has no record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class WeightsError(MLPEngineError):

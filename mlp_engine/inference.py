@@ -14,12 +14,13 @@ __all__ = ["predict"]
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: Any) -> dict[str, Any]:
+def predict(model: torch.nn.Module, x: Any, *, top_k: int | None = None) -> dict[str, Any]:
     """`{"predictions": [...], "probabilities": [[...]] | None}` for raw feature rows.
 
-    classification: predictions in the original class labels, probabilities per class;
-    multilabel: 0/1 per label and sigmoid probabilities; regression: numbers in the
-    target's units (a list per row for several targets); metric_learning: embeddings.
+    classification: predictions in the original class labels, probabilities per class
+    (with `top_k`: only the k most probable, most probable first, and their labels in
+    `classes`); multilabel: 0/1 per label and sigmoid probabilities; regression: numbers in
+    the target's units (a list per row for several targets); metric_learning: embeddings.
     """
     pre: dict[str, Any] = getattr(model, "preprocessing", {}) or {}
     spec: JobSpec = model.spec  # type: ignore[assignment]
@@ -41,7 +42,12 @@ def predict(model: torch.nn.Module, x: Any) -> dict[str, Any]:
         probs = out.exp() if nll else torch.softmax(out, dim=1)
         idx = probs.argmax(dim=1).tolist()
         labels = pre.get("class_labels") or list(range(out.shape[1]))
-        return {"predictions": [labels[i] for i in idx], "probabilities": probs.tolist()}
+        predictions = [labels[i] for i in idx]
+        if top_k is None:
+            return {"predictions": predictions, "probabilities": probs.tolist()}
+        best = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)  # (N, k)
+        return {"predictions": predictions, "probabilities": best.values.tolist(),
+                "classes": [[labels[i] for i in row] for row in best.indices.tolist()]}
     if task == "multilabel":
         return {"predictions": (out > 0).int().tolist(),
                 "probabilities": torch.sigmoid(out).tolist()}

@@ -36,10 +36,11 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, task: str,
              ) -> dict[str, float]:
     """Loss and task metrics of `model` (in eval mode) on `data`.
 
-    classification: accuracy; multilabel: micro-F1 and subset accuracy; regression: R² and
-    MAE in the target's original units (`y_scale` = mean, std undoes standardisation);
-    metric_learning: pair accuracy (same class iff distance < margin/2) and 1-NN accuracy
-    against `reference` embeddings (training rows).
+    classification: accuracy; multilabel: micro-F1 and subset accuracy; regression: R²,
+    MAE, MSE and RMSE in the target's original units (`y_scale` = mean, std undoes
+    standardisation); metric_learning: pair accuracy (same class iff distance < margin/2)
+    and 1-NN accuracy against `reference` embeddings (training rows). `metric_table.METRICS`
+    describes each.
     """
     out = forward_chunked(model, data.x)
     stats: dict[str, torch.Tensor] = {}
@@ -71,6 +72,8 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, task: str,
             ss_tot = ((y - y.mean(dim=0)) ** 2).sum(dim=0).clamp(min=1e-12)
             stats["r2"] = (1 - ss_res / ss_tot).mean()
             stats["mae"] = (y - pred).abs().mean()
+            stats["mse"] = ((y - pred) ** 2).mean()
+            stats["rmse"] = stats["mse"].sqrt()
     keys = list(stats)
     values = torch.stack([stats[k].float() for k in keys]).tolist()  # one device→host copy
     return {f"{prefix}_{k}": float(v) for k, v in zip(keys, values, strict=True)}

@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .metric_table import MONITORED, metric_catalog
+from .tasks import TASKS
+
 __all__ = [
     "Param",
     "Choice",
@@ -28,9 +31,6 @@ __all__ = [
     "catalog",
     "checked_params",
 ]
-
-TASKS = ("classification", "multilabel", "regression", "metric_learning")
-
 
 @dataclass(frozen=True)
 class Param:
@@ -268,7 +268,9 @@ SCHEDULERS = _table(
            (Param("factor", "float", 0.1, gt=0.0, lt=1.0),
             Param("patience", "int", 10, ge=0, le=1_000_000),
             Param("min_lr", "float", 0.0, ge=0.0, le=10.0),
-            Param("metric", "str", "val_loss", choices=("val_loss", "train_loss"))),
+            Param("metric", "str", "val_loss", choices=MONITORED,
+                  doc="an epoch-record metric of the job's task (metric_table); its goal "
+                      "sets the mode, train_loss stands in without validation rows")),
            doc="multiply lr by factor when the metric stops improving"),
 )
 
@@ -340,4 +342,5 @@ def catalog() -> dict[str, Any]:
         "schedulers": [c.describe() for c in SCHEDULERS.values()],
         "diagnostics": [c.describe() for c in DIAGNOSTICS.values()],
         "datasets": [d.describe() for d in BUILTIN_DATASETS.values()],
+        "metrics": metric_catalog(),
     }

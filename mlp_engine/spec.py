@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import SpecError
+from .metric_table import MONITORED, metric_fits
 from .registry import (
     ACTIVATIONS,
     BUILTIN_DATASETS,
@@ -25,6 +26,7 @@ from .registry import (
     Choice,
     checked_params,
 )
+from .tasks import Task
 from .theory import exact_parameter_count
 
 __all__ = [
@@ -50,7 +52,6 @@ __all__ = [
     "DEFAULT_EMBEDDING_DIM",
 ]
 
-Task = Literal["classification", "multilabel", "regression", "metric_learning"]
 DEFAULT_HIDDEN_DIM = 64
 DEFAULT_HIDDEN_LAYERS = 2
 DEFAULT_EMBEDDING_DIM = 8
@@ -233,15 +234,10 @@ class RegularizationSpec(_Strict):
     l2: float = Field(default=0.0, ge=0.0, le=10.0, description="λ of λΣθ²")
 
 
-_EARLY_STOP_METRICS = (
-    "val_loss", "train_loss", "val_accuracy", "val_r2", "val_mae",
-    "val_f1_micro", "val_subset_accuracy", "val_pair_accuracy", "val_knn_accuracy",
-)
-
-
 class EarlyStoppingSpec(_Strict):
     patience: int = Field(default=5, ge=0, le=_MAX_EPOCHS)
-    metric: Literal[_EARLY_STOP_METRICS] = "val_loss"  # type: ignore[valid-type]
+    # any metric of the table that can be watched; `_check_monitored_metrics` checks the task
+    metric: Literal[MONITORED] = "val_loss"  # type: ignore[valid-type]
     min_delta: float = Field(default=0.0, ge=0.0, le=1e6)
     restore_best: bool = Field(default=True, description="end with the best epoch's weights")
 
@@ -320,21 +316,18 @@ class JobSpec(_Strict):
             self.loss = LossSpec(name=DEFAULT_LOSS[self.task])
         if self.task == "metric_learning" and self.model.output_dim is None:
             self.model.output_dim = DEFAULT_EMBEDDING_DIM
-        es = self.training.early_stopping
-        if es is not None and self.task is not None and not _metric_fits(es.metric, self.task):
-            raise ValueError(f"training.early_stopping.metric: '{es.metric}' is not computed for "
-                             f"task {self.task}")
+        if self.task is not None:
+            self._check_monitored_metrics(self.task)
         return self
 
-
-def _metric_fits(metric: str, task: str) -> bool:
-    kind = metric.split("_", 1)[1]
-    return kind == "loss" or kind in {
-        "classification": ("accuracy",),
-        "multilabel": ("f1_micro", "subset_accuracy"),
-        "regression": ("r2", "mae"),
-        "metric_learning": ("pair_accuracy", "knn_accuracy"),
-    }[task]
+    def _check_monitored_metrics(self, task: str) -> None:
+        es, sched = self.training.early_stopping, self.optimizer.scheduler
+        watched = [("training.early_stopping.metric", es.metric if es else None),
+                   ("optimizer.scheduler.metric", sched.params.get("metric") if sched else None)]
+        for where, metric in watched:
+            if metric is not None and not metric_fits(metric, task):
+                raise ValueError(f"{where}: '{metric}' is not computed for task {task}; "
+                                 f"choose one of {[m for m in MONITORED if metric_fits(m, task)]}")
 
 
 @dataclass(frozen=True)

@@ -23,56 +23,7 @@ from mlp_engine.errors import (
 )
 from mlp_engine.inference import predict
 from mlp_engine.training import fit
-
-
-def moons(n: int = 300, **fields: Any) -> dict[str, Any]:
-    return {"dataset": {"builtin": "moons", "params": {"n_samples": n, "noise": 0.2}},
-            **fields}
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-class Recorder(Callback):
-    """Counts every hook and keeps a copy of the weights after each epoch."""
-
-    def __init__(self) -> None:
-        self.begin = 0
-        self.batches = 0
-        self.records: list[dict[str, Any]] = []
-        self.ends: list[BaseException | None] = []
-        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    def on_train_begin(self, state: TrainState) -> None:
-        self.begin += 1
-
-    def on_batch_end(self, state: TrainState) -> None:
-        self.batches += 1
-
-    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        assert state.epoch == record["epoch"] and state.history[-1] is record
-        self.records.append(record)
-        self.snapshots[record["epoch"]] = {k: v.detach().clone()
-                                           for k, v in state.model.state_dict().items()}
-
-    def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
-        self.ends.append(error)
-
-
-class SaveAt(Callback):
-    """torch.save(state.checkpoint()) after epoch `epoch`, then optionally stop the run."""
-
-    def __init__(self, epoch: int, path: Path, *, stop: bool) -> None:
-        self.epoch, self.path, self.stop = epoch, path, stop
-
-    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        if state.epoch == self.epoch:
-            torch.save(state.checkpoint(), self.path)
-            if self.stop:
-                raise Cancelled("stopped after the checkpoint")
-
+from tests.mlp_engine.helpers import Recorder, SaveAt, moons, same_weights
 
 # --------------------------------------------------------------------------- determinism
 
@@ -406,7 +357,7 @@ BASE_KEYS = {"epoch", "train_loss", "val_loss", "lr", "epoch_seconds", "samples_
 
 @pytest.mark.parametrize(("spec", "xy", "task_keys"), [
     (moons(), None, {"val_accuracy"}),
-    ({"dataset": {"builtin": "diabetes"}}, None, {"val_r2", "val_mae"}),
+    ({"dataset": {"builtin": "diabetes"}}, None, {"val_r2", "val_mae", "val_mse", "val_rmse"}),
     ({"dataset": {"id": "in-memory"}}, _multilabel_xy(200),
      {"val_f1_micro", "val_subset_accuracy"}),
     (moons(loss="hinge_embedding"), None, {"val_pair_accuracy", "val_knn_accuracy"}),
