@@ -22,17 +22,29 @@ from messaging.celery_factory import make_celery
 from store.artifacts import ArtifactStore
 from store.db import init_db, make_engine, make_session_factory
 from store.jobs import count_by_status
-from store.keys import DEFAULT_TENANT, ensure_default_key, get_or_create_tenant
+from store.keys import (
+    DEFAULT_TENANT,
+    bind_key_hasher,
+    ensure_default_key,
+    get_or_create_tenant,
+    key_hasher_from_settings,
+)
 
 from .deps import Services
 from .errors import install_error_handlers
 from .inference import ModelCache
-from .middleware import BodySizeLimitMiddleware
-from .observability import QUEUES, MetricsMiddleware, Observability
-from .ratelimit import RateLimiter
+from .middleware import BodySizeLimitMiddleware, HeadMiddleware
+from .observability import (
+    QUEUES,
+    MetricsMiddleware,
+    Observability,
+    install_access_log_redaction,
+)
+from .ratelimit import AuthFailureThrottle, RateLimiter
 from .reconciler import remove_stale_uploads, run_reconciler
 from .routes import catalog, datasets, health, jobs
 from .settings import Settings
+from .sse import StreamSlots
 
 __all__ = ["create_app"]
 
@@ -48,8 +60,11 @@ def _start(settings: Settings, observability: Observability) -> Services:
     (data_dir / "tmp").mkdir(exist_ok=True)
     assert settings.database_url is not None and settings.artifacts_url is not None
     init_db(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                         max_overflow=0, pool_timeout_s=settings.db_pool_timeout_s)
     session_factory = make_session_factory(engine)
+    key_hasher = key_hasher_from_settings(settings)
+    bind_key_hasher(session_factory, key_hasher)  # keys made with these sessions work here
     redis_url = settings.effective_redis_url
     if settings.redis_url is None:
         log.warning("REDIS_URL is not set; using %s", redis_url)
@@ -61,7 +76,8 @@ def _start(settings: Settings, observability: Observability) -> Services:
     default_tenant_id = None
     with session_factory() as session:
         if settings.api_key:
-            default_tenant_id = ensure_default_key(session, settings.api_key).id
+            default_tenant_id = ensure_default_key(
+                session, settings.api_key.get_secret_value(), hasher=key_hasher).id
         if not settings.auth:
             default_tenant_id = get_or_create_tenant(session, DEFAULT_TENANT).id
 
@@ -82,14 +98,26 @@ def _start(settings: Settings, observability: Observability) -> Services:
                                             health_check_interval=30),
         celery=celery, artifacts=artifacts, observability=observability,
         rate_limiter=RateLimiter(client, per_minute=settings.rate_limit_per_minute),
-        models=ModelCache(settings.model_cache_size), default_tenant_id=default_tenant_id)
+        auth_throttle=AuthFailureThrottle(client,
+                                          per_minute=settings.auth_failures_per_minute),
+        key_hasher=key_hasher,
+        models=ModelCache(settings.model_cache_size), default_tenant_id=default_tenant_id,
+        streams=StreamSlots(per_owner=settings.max_streams_per_key,
+                            total=settings.max_streams,
+                            db_threads=settings.stream_db_threads))
 
 
 def _stop(services: Services) -> None:
-    with contextlib.suppress(Exception):
+    # shutting down: a connection that does not close cleanly is logged, not raised, so
+    # that the rest is still released
+    try:
         services.celery.close()
-    with contextlib.suppress(Exception):
+    except Exception as exc:  # kombu/redis/OS errors alike; nothing to do but say so
+        log.warning("closing the Celery client: %s", exc)
+    try:
         services.redis.close()
+    except (redis.RedisError, OSError) as exc:
+        log.warning("closing the Redis client: %s", exc)
     services.engine.dispose()
 
 
@@ -101,6 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # blocking request work runs on this many threads, each with a pooled connection
+        anyio.to_thread.current_default_thread_limiter().total_tokens = \
+            settings.request_threads
         services = await anyio.to_thread.run_sync(_start, settings, observability)
         app.state.services = services
         await anyio.to_thread.run_sync(remove_stale_uploads, Path(settings.data_dir) / "tmp")
@@ -109,10 +140,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await reconciler
-            with contextlib.suppress(Exception):
+            except asyncio.CancelledError:
+                pass  # what cancel() asked for
+            except Exception:  # it died earlier; say how, then go on stopping
+                log.exception("the reconciler had stopped with an error")
+            try:
                 await services.aredis.aclose()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("closing the async Redis client: %s", exc)
             await anyio.to_thread.run_sync(_stop, services)
 
     app = FastAPI(
@@ -126,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        exempt=("/v1/datasets",))
     app.add_middleware(MetricsMiddleware, observability=observability)
+    app.add_middleware(HeadMiddleware)
+    install_access_log_redaction()
     for module in (health, catalog, jobs, datasets):
         app.include_router(module.router)
     return app

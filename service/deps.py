@@ -1,24 +1,29 @@
 """FastAPI dependencies as `Annotated` aliases: the app's services, a database session,
 the caller's tenant (from the API key), and the tenant's job or dataset named in the path.
 A route that receives a `JobDep` holds a job that exists and belongs to the caller; any
-other job id, another tenant's included, has already answered 404."""
+other job id, another tenant's included, has already answered 404.
+
+A malformed, unknown or revoked key answers 401 and counts against the client's address;
+an address that has spent its failures for the minute answers 429 before its key is looked
+at (`AuthFailureThrottle`), so that a guess cannot be told from a miss."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.jobs import could_be_id, get_job_for_tenant
+from store.datasets import get_dataset_for_tenant
+from store.jobs import get_job_for_tenant
 from store.keys import DEFAULT_TENANT, get_or_create_tenant, tenant_for_key
 from store.models import Dataset, Job, Tenant
 
-from .errors import NotFound, Unauthorized
+from .errors import NotFound, TooManyRequests, Unauthorized
+from .ratelimit import client_bucket
 
 if TYPE_CHECKING:
     import redis
@@ -27,11 +32,13 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from store.artifacts import ArtifactStore
+    from store.keys import KeyHasher
 
     from .inference import ModelCache
     from .observability import Observability
-    from .ratelimit import RateLimiter
+    from .ratelimit import AuthFailureThrottle, RateLimiter
     from .settings import Settings
+    from .sse import StreamSlots
 
 __all__ = [
     "Services",
@@ -61,7 +68,10 @@ class Services:
     artifacts: ArtifactStore
     observability: Observability
     rate_limiter: RateLimiter
+    auth_throttle: AuthFailureThrottle
+    key_hasher: KeyHasher
     models: ModelCache
+    streams: StreamSlots
     default_tenant_id: str | None = None
 
 
@@ -87,7 +97,8 @@ def current_tenant(request: Request, services: ServicesDep, session: SessionDep,
                    _credentials: Annotated[HTTPAuthorizationCredentials | None,
                                            Security(_bearer)] = None) -> Tenant:
     """The tenant of the request's API key; 401 (with WWW-Authenticate) when the key is
-    missing, malformed or unknown. With MLP_AUTH=off, tenant "default"."""
+    missing, malformed or unknown, 429 while the client's address has spent its failed
+    authentications for the minute. With MLP_AUTH=off, tenant "default"."""
     if not services.settings.auth:
         tenant = session.get(Tenant, services.default_tenant_id) \
             if services.default_tenant_id else None
@@ -96,18 +107,44 @@ def current_tenant(request: Request, services: ServicesDep, session: SessionDep,
             services.default_tenant_id = tenant.id
         services.rate_limiter.check(f"tenant:{tenant.id}")
         return tenant
+    # the connection's peer as the server reports it; X-Forwarded-For is not read here
+    address = client_bucket(request.client.host if request.client else None)
+    _throttled_unless_allowed(services, address)
     header = request.headers.get("authorization")
     if header is None or not header.strip():
+        services.observability.auth_failures.labels("missing").inc()
         raise Unauthorized("missing API key; send the header 'Authorization: Bearer <key>'")
     scheme, _, key = header.strip().partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key or any(c.isspace() for c in key):
-        raise Unauthorized("malformed Authorization header; expected 'Bearer <key>'")
-    tenant = tenant_for_key(session, key)
+        _refuse(services, address, "malformed",
+                "malformed Authorization header; expected 'Bearer <key>'")
+    tenant = tenant_for_key(session, key, hasher=services.key_hasher)
     if tenant is None:
-        raise Unauthorized("unknown or revoked API key")
-    services.rate_limiter.check(f"key:{key}")
+        _refuse(services, address, "unknown", "unknown or revoked API key")
+    # counted under the key's keyed hash: Redis never holds anything to test guesses on
+    services.rate_limiter.check(f"key:{services.key_hasher.digest(key)}")
     return tenant
+
+
+def _throttled_unless_allowed(services: Services, address: str) -> None:
+    try:
+        services.auth_throttle.check(address)
+    except TooManyRequests:
+        services.observability.auth_throttled.inc()
+        raise
+
+
+def _refuse(services: Services, address: str, reason: str, message: str) -> NoReturn:
+    """401 for a key that does not authenticate, counted against the address (429 when
+    that puts it over its budget)."""
+    services.observability.auth_failures.labels(reason).inc()
+    try:
+        services.auth_throttle.failure(address)
+    except TooManyRequests:
+        services.observability.auth_throttled.inc()
+        raise
+    raise Unauthorized(message)
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
@@ -124,9 +161,7 @@ JobDep = Annotated[Job, Depends(job_of_tenant)]
 
 
 def dataset_of_tenant(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Dataset:
-    dataset = session.scalar(select(Dataset).where(
-        Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)) if could_be_id(
-        dataset_id) else None
+    dataset = get_dataset_for_tenant(session, tenant.id, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset '{dataset_id}' for this API key")
     return dataset

@@ -30,8 +30,9 @@ import redis
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mlp_engine.errors import DataError, SpecError
 from store.artifacts import ArtifactError
@@ -312,10 +313,26 @@ async def _on_database_down(request: Request, exc: Exception) -> JSONResponse:
                           error_type="unavailable", headers={"Retry-After": "5"})
 
 
+async def _on_database_busy(request: Request, exc: Exception) -> JSONResponse:
+    # every pooled connection was in use for pool_timeout_s: overload, not a fault
+    log.warning("no database connection free for %s %s: %s", request.method,
+                request.url.path, exc)
+    return error_response(503, "the service is busy (no database connection was free); "
+                          "retry shortly", error_type="unavailable",
+                          headers={"Retry-After": "2"})
+
+
 async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
     return error_response(503, "Redis does not answer; retry shortly",
                           error_type="unavailable", headers={"Retry-After": "5"})
+
+
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # the client went away mid-request (an upload cut short): its doing, not ours
+    log.info("%s %s: the client disconnected before the request was read",
+             request.method, request.url.path)
+    return Response(status_code=499)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -334,6 +351,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, _on_store_error)
     app.add_exception_handler(ArtifactError, _on_artifact_error)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_down)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_busy)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(redis.ConnectionError, _on_redis_down)
     app.add_exception_handler(redis.TimeoutError, _on_redis_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -45,10 +45,10 @@ class ModelCache:
                 del self._models[key]
 
     def predict(self, *, job_id: str, sha256: str, path: str,
-                x: list[list[float]]) -> dict[str, Any]:
+                x: list[list[float]], top_k: int | None = None) -> dict[str, Any]:
         """`{"predictions": [...], "probabilities": [[...]] | None}`; raises
         `mlp_engine.errors.DataError` (field `x`) for rows of the wrong width."""
         from mlp_engine.inference import predict
 
         model = self.get(job_id, sha256, path)
-        return predict(model, x)
+        return predict(model, x, top_k=top_k)

@@ -1,15 +1,17 @@
-"""A limit on request body size for everything but uploads (which stream to disk under
-their own limit): a body over `max_bytes` answers 413 before any route parses it."""
+"""ASGI middleware: a limit on request body size for everything but uploads (which stream to
+disk under their own limit: a body over `max_bytes` answers 413 before any route parses
+it), and HEAD answered wherever GET is."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Container
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
 
-__all__ = ["BodySizeLimitMiddleware"]
+__all__ = ["BodySizeLimitMiddleware", "HeadMiddleware"]
 
 
 class BodySizeLimitMiddleware:
@@ -68,3 +70,40 @@ class BodySizeLimitMiddleware:
                  "(MLP_MAX_REQUEST_BYTES); upload large data with POST /v1/datasets",
             error_type="payload_too_large")
         await response(scope, receive, send)
+
+
+class HeadMiddleware:
+    """`HEAD` wherever `GET` works (SPEC 7): the request goes to the app as a GET, the answer
+    keeps its status and headers (Content-Length, ETag) and loses its body. Once the
+    headers are sent the app is told the client left, so a stream (SSE) ends at once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = asyncio.Event()
+
+        async def receive_until_answered() -> Message:
+            if answered.is_set():
+                return {"type": "http.disconnect"}
+            waiting = asyncio.ensure_future(receive())
+            done = asyncio.ensure_future(answered.wait())
+            await asyncio.wait({waiting, done}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                done.cancel()
+                return waiting.result()
+            waiting.cancel()
+            return {"type": "http.disconnect"}
+
+        async def send_headers_only(message: Message) -> None:
+            if answered.is_set():
+                return
+            if message["type"] == "http.response.start":
+                await send(message)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                answered.set()
+
+        await self.app({**scope, "method": "GET"}, receive_until_answered, send_headers_only)

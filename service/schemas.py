@@ -276,7 +276,11 @@ class PredictRequest(BaseModel):
 
 class PredictResult(BaseModel):
     predictions: list[Any]
-    probabilities: list[list[float]] | None = None
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="classification: per class (with top_k: the k largest, "
+                                  "most probable first); multilabel: per label")
+    classes: list[list[Any]] | None = Field(
+        default=None, description="with top_k: the labels of `probabilities`, row by row")
 
 
 class LayerRow(BaseModel):

@@ -12,8 +12,10 @@ every `heartbeat_s` keeps proxies from closing an idle connection.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,11 +29,85 @@ from messaging.live_events import decode_event, events_channel
 from store.jobs import get_job, get_metrics
 from store.status import TERMINAL
 
+from .errors import TooManyRequests
 from .schemas import JobPublic
 
-__all__ = ["job_event_stream", "format_event"]
+__all__ = ["job_event_stream", "format_event", "StreamSlots", "StreamSlot", "stream_owner"]
 
 log = logging.getLogger(__name__)
+
+
+class StreamSlot:
+    """One open stream's place in `StreamSlots`; `release()` may be called any number of
+    times (by the stream's end, and by the response's end in case the stream never ran)."""
+
+    def __init__(self, slots: StreamSlots, owner: str) -> None:
+        self._slots, self._owner, self._held = slots, owner, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots._release(self._owner)
+
+
+class StreamSlots:
+    """Bounds the event streams one process serves: `per_owner` for one API key and `total`
+    for all (SPEC 7); a stream over either bound is refused with 429 before it starts.
+
+    Streams also read the database through their own `db_limiter` (a few threads), so that
+    however many are open they never take the threads and connections requests need."""
+
+    def __init__(self, *, per_owner: int, total: int, db_threads: int) -> None:
+        self.per_owner, self.total = per_owner, total
+        self.db_threads = db_threads
+        self._open: dict[str, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def db_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:  # made in the event loop that uses it
+            self._limiter = anyio.CapacityLimiter(self.db_threads)
+        return self._limiter
+
+    def acquire(self, owner: str) -> StreamSlot:
+        with self._lock:
+            if self._count >= self.total:
+                raise TooManyRequests(
+                    f"this service already serves {self._count} event streams, the limit "
+                    f"max_streams={self.total} (MLP_MAX_STREAMS); poll GET /v1/jobs/{{id}} "
+                    "or retry later", retry_after=5)
+            mine = self._open.get(owner, 0)
+            if mine >= self.per_owner:
+                raise TooManyRequests(
+                    f"this API key has {mine} event streams open, the limit "
+                    f"max_streams_per_key={self.per_owner} (MLP_MAX_STREAMS_PER_KEY); close "
+                    "one first", retry_after=5)
+            self._open[owner] = mine + 1
+            self._count += 1
+        return StreamSlot(self, owner)
+
+    def _release(self, owner: str) -> None:
+        with self._lock:
+            self._count -= 1
+            left = self._open.get(owner, 1) - 1
+            if left > 0:
+                self._open[owner] = left
+            else:
+                self._open.pop(owner, None)
+
+    def open_streams(self) -> int:
+        return self._count
+
+
+def stream_owner(request: Any, tenant_id: str) -> str:
+    """Whom a stream counts against: the API key (as a digest, never the key itself), or
+    the tenant when auth is off."""
+    header = request.headers.get("authorization") or ""
+    if not header:
+        return f"tenant:{tenant_id}"
+    return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
 
 
 def format_event(event: str, data: Any, *, event_id: int | None = None) -> bytes:
@@ -54,10 +130,27 @@ def _snapshot(session_factory: Callable[[], Session], job_id: str,
 
 async def job_event_stream(*, job_id: str, session_factory: Callable[[], Session],
                            client: aredis.Redis, poll_s: float = 1.0,
-                           heartbeat_s: float = 15.0,
-                           last_epoch: int = 0) -> AsyncIterator[bytes]:
+                           heartbeat_s: float = 15.0, last_epoch: int = 0,
+                           slot: StreamSlot | None = None,
+                           db_limiter: anyio.CapacityLimiter | None = None
+                           ) -> AsyncIterator[bytes]:
     """The SSE byte stream of one job (see the module docstring). `last_epoch` skips the
-    epochs a reconnecting client has (its Last-Event-ID)."""
+    epochs a reconnecting client has (its Last-Event-ID); `slot` is released when the
+    stream ends; database reads run on `db_limiter`'s threads."""
+    try:
+        async for chunk in _job_events(job_id=job_id, session_factory=session_factory,
+                                       client=client, poll_s=poll_s, heartbeat_s=heartbeat_s,
+                                       last_epoch=last_epoch, db_limiter=db_limiter):
+            yield chunk
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def _job_events(*, job_id: str, session_factory: Callable[[], Session],
+                      client: aredis.Redis, poll_s: float, heartbeat_s: float,
+                      last_epoch: int, db_limiter: anyio.CapacityLimiter | None
+                      ) -> AsyncIterator[bytes]:
     pubsub = None
     try:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -75,7 +168,7 @@ async def job_event_stream(*, job_id: str, session_factory: Callable[[], Session
         """New epochs and a changed status from the database; (events, terminal)."""
         nonlocal sent_epoch, last_status
         job, records = await anyio.to_thread.run_sync(_snapshot, session_factory, job_id,
-                                                      sent_epoch)
+                                                      sent_epoch, limiter=db_limiter)
         if job is None:  # deleted while we stream
             return [format_event("end", {"id": job_id, "status": "deleted"})], True
         out = []

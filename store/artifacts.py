@@ -3,13 +3,22 @@
 A local directory by default, or any fsspec URL (`s3://bucket/prefix`, ...) so that workers
 on other machines share it. Every write is atomic (a temporary name, then a rename), so a
 reader never sees half a file, and returns the sha256 and size of what it wrote.
+
+A remote store keeps local copies of what `local_path` fetched, in a cache directory that
+only this user can write (created 0700; one that others could write is refused or made
+again). Each copy's sha256 is recorded beside it as it is written and checked again
+(recomputed) each time the copy is reused: a copy that is corrupt or was changed is fetched
+again, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -17,6 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["ArtifactStore", "ArtifactError", "sha256_file"]
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 
@@ -58,6 +69,7 @@ class ArtifactStore:
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self._cache_dir = Path(cache_dir) if cache_dir else None
+        self._cache_checked = False
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -135,31 +147,65 @@ class ArtifactStore:
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
 
-    def local_path(self, key: str) -> Path:
+    def local_path(self, key: str, *, sha256: str | None = None) -> Path:
         """A local file with the artifact's content: the file itself for a local store, a
         cached download (written atomically, by key) for a remote one. Meant for immutable
-        artifacts such as uploaded datasets."""
+        artifacts such as uploaded datasets.
+
+        A cached copy is reused only while its sha256 (recomputed) is `sha256` when the
+        caller knows it (a dataset's or weights' recorded digest), else the one recorded
+        when it was fetched; otherwise it is fetched again. A fetched file whose digest is
+        not `sha256` raises ArtifactError."""
         if self.is_local:
             path = Path(self._path(key))
             if not path.exists():
                 raise ArtifactError(f"artifact {key!r} not found")
             return path
-        cache = self._cache_root() / _check_key(key)
-        if not cache.exists():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp-{uuid.uuid4().hex}")
-            try:
-                with self.open(key) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                os.replace(tmp, cache)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return cache
+        key = _check_key(key)
+        root = self._cache_root()
+        copy, recorded = root / "files" / key, root / "sha256" / key
+        if copy.exists():
+            want = sha256 or _read_digest(recorded)
+            _, have = sha256_file(copy)
+            if want is not None and hmac.compare_digest(have, want):
+                return copy
+            log.warning("cached copy of artifact %r does not match its sha256 (%s); "
+                        "fetching it again", key,
+                        "none recorded" if want is None else f"{have[:12]}... "
+                        f"instead of {want[:12]}...")
+        return self._fetch(key, copy, recorded, sha256)
+
+    def _fetch(self, key: str, copy: Path, recorded: Path, sha256: str | None) -> Path:
+        for directory in (copy.parent, recorded.parent):
+            _mkdirs_private(directory)
+        tmp = copy.with_name(f".{copy.name}.tmp-{uuid.uuid4().hex}")
+        h = hashlib.sha256()
+        try:
+            with self.open(key) as src, _private_file(tmp) as dst:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+            digest = h.hexdigest()
+            if sha256 is not None and not hmac.compare_digest(digest, sha256):
+                raise ArtifactError(f"artifact {key!r} in the store has sha256 {digest}, "
+                                    f"not the {sha256} recorded for it")
+            _write_atomically(recorded, (digest + "\n").encode())
+            os.replace(tmp, copy)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return copy
 
     def _cache_root(self) -> Path:
+        """The cache directory, made sure of once: ours, not a link, and writable by no
+        one else (a directory that others could write is emptied and made again; one we
+        do not own is refused)."""
         if self._cache_dir is None:
             tag = hashlib.sha256(self.url.encode()).hexdigest()[:16]
-            self._cache_dir = Path(tempfile.gettempdir()) / f"mlp-artifacts-{tag}"
+            # per user: another user's directory of the same name is never ours to use
+            self._cache_dir = Path(tempfile.gettempdir()) / f"mlp-artifacts-{os.getuid()}-{tag}"
+        if not self._cache_checked:
+            _make_private_dir(self._cache_dir)
+            self._cache_checked = True
         return self._cache_dir
 
     # ----------------------------------------------------------------- deletes
@@ -173,14 +219,19 @@ class ArtifactStore:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
         if self._cache_dir is not None:
-            shutil.rmtree(self._cache_dir / _check_key(prefix), ignore_errors=True)
+            for tree in ("files", "sha256"):
+                shutil.rmtree(self._cache_dir / tree / _check_key(prefix), ignore_errors=True)
 
     def _remove_quietly(self, path: str) -> None:
+        """Remove a file if it is there (a temporary file after a failed write, an
+        artifact being deleted); one that cannot be removed is logged and left."""
         try:
             if self.fs.exists(path):
                 self.fs.rm(path)
-        except (FileNotFoundError, OSError):
-            pass
+        except FileNotFoundError:
+            pass  # removed meanwhile: what we wanted
+        except OSError as exc:
+            log.warning("cannot remove %s from the artifact store: %s", path, exc)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
@@ -189,13 +240,79 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable where the platform allows: some filesystems cannot
+    open or fsync a directory, and the rename itself has happened either way."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError as exc:
+        log.debug("cannot open %s to fsync it: %s", path, exc)
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        log.debug("cannot fsync directory %s: %s", path, exc)
     finally:
         os.close(fd)
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create `path` with mode 0700, or check that an existing one is a directory of ours
+    that no one else can write; one others could write is emptied (what is in it may have
+    been planted) and made again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the artifact cache directory {path}: "
+                            f"{exc.strerror}") from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ArtifactError(f"the artifact cache {path} is not a directory (a link or a "
+                            "file); remove it or choose another cache directory")
+    if info.st_uid != os.getuid():
+        raise ArtifactError(f"the artifact cache directory {path} belongs to another user "
+                            f"(uid {info.st_uid}); remove it or choose another")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("the artifact cache directory %s could be written by other users; "
+                    "emptying it and making it again with mode 0700", path)
+        shutil.rmtree(path)
+        path.mkdir(mode=0o700)
+    elif info.st_mode & 0o077:
+        os.chmod(path, 0o700)  # readable by others, but nothing could be planted: tighten
+
+
+def _mkdirs_private(directory: Path) -> None:
+    """`mkdir -p` with mode 0700 at every level it creates (`parents=True` would give the
+    upper ones the umask's mode)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for level in reversed(missing):
+        level.mkdir(mode=0o700, exist_ok=True)
+
+
+def _private_file(path: Path) -> IO[bytes]:
+    """A new file only its owner can read or write (it must not exist)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with _private_file(tmp) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_digest(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 else None

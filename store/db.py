@@ -45,7 +45,11 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10,
+                pool_timeout_s: float = 30.0) -> Engine:
+    """An engine for `url`. On PostgreSQL the pool holds `pool_size` connections (plus
+    `max_overflow` on demand) and a caller waits at most `pool_timeout_s` for one
+    (sqlalchemy.exc.TimeoutError after that: the API answers 503)."""
     url = normalize_url(url)
     if is_sqlite(url):
         path = _sqlite_path(url)
@@ -68,7 +72,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                         max_overflow=max_overflow, pool_timeout=pool_timeout_s)
 
 
 def make_session_factory(url: str | Engine) -> sessionmaker[Session]:

@@ -19,6 +19,8 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mlp_engine.metric_table import METRICS, is_better
+
 from .errors import ActiveJobsLimit, DatasetGone, JobStateError
 from .idempotency import replayed
 from .locks import lock_row
@@ -318,17 +320,11 @@ def renew_lease(
 # --------------------------------------------------------------------------- metrics
 
 
-_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse")
-
-
-def _lower_is_better(metric: str) -> bool:
-    return any(metric.endswith(s) for s in _LOWER_IS_BETTER)
-
-
 def _metric_values(record: dict[str, Any]) -> dict[str, float]:
+    """The record's scores: the fields the metric table gives a goal (min or max)."""
     return {
         k: float(v) for k, v in record.items()
-        if k.startswith(("train_", "val_")) and isinstance(v, (int, float))
+        if k in METRICS and METRICS[k].goal is not None and isinstance(v, (int, float))
         and not isinstance(v, bool) and math.isfinite(v)
     }
 
@@ -356,13 +352,13 @@ def summarize(records: Iterable[dict[str, Any]], previous: dict[str, Any] | None
         best = dict(summary["best"])
         for k, v in values.items():
             old = best.get(k)
-            if old is None or (v < old if _lower_is_better(k) else v > old):
+            if is_better(k, v, old):
                 best[k] = v
         summary["best"] = best
         monitor = summary["monitor"]
         if monitor in values:
             v, old = values[monitor], summary.get("best_value")
-            if old is None or (v < old if _lower_is_better(monitor) else v > old):
+            if is_better(monitor, v, old):
                 summary["best_value"], summary["best_epoch"] = v, epoch
     return summary
 

@@ -7,16 +7,25 @@ a `ConfigError` whose message names the environment variable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, get_args
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlp_engine.spec import Limits
 
-__all__ = ["CommonSettings", "ConfigError", "env_name"]
+__all__ = ["CommonSettings", "ConfigError", "env_name", "blank_is_none",
+           "MIN_KEY_HASH_SECRET_CHARS"]
 
 MiB = 1024 * 1024
+MIN_KEY_HASH_SECRET_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -29,6 +38,9 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True,
         validate_default=True,
+        # a ValidationError printed anywhere (a traceback, a log) never shows a value:
+        # some of these are secrets (MLP_API_KEY, MLP_KEY_HASH_SECRET, passwords in URLs)
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Field(default=Path("./data"),
@@ -72,6 +84,27 @@ class CommonSettings(BaseSettings):
     lease_seconds: float = Field(
         default=60.0, ge=2, le=86_400,
         validation_alias=AliasChoices("MLP_LEASE_SECONDS", "lease_seconds"))
+    key_hash_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLP_KEY_HASH_SECRET", "key_hash_secret"),
+        description="the server secret API keys are hashed with (HMAC-SHA256), at least "
+                    f"{MIN_KEY_HASH_SECRET_CHARS} characters; default: one generated once "
+                    "in <data_dir>/key-hash-secret. Every API process and `mlpctl keys "
+                    "create` of one deployment must see the same secret")
+
+    @field_validator("key_hash_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return blank_is_none(value)
+
+    @field_validator("key_hash_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_KEY_HASH_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_KEY_HASH_SECRET_CHARS} characters; make one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Self:
@@ -115,14 +148,44 @@ def env_name(settings_cls: type[BaseSettings], field: str) -> str:
     return field.upper()
 
 
+def blank_is_none(value: Any) -> Any:
+    """An optional setting given as an empty string (`MLP_API_KEY=`, or a compose file's
+    `${VAR:-}`) is unset."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _field_named(settings_cls: type[BaseSettings], loc: str) -> str | None:
+    """The field an error location names: the field itself or one of its aliases."""
+    if loc in settings_cls.model_fields:
+        return loc
+    for field, info in settings_cls.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None) or ()
+        if any(str(c).lower() == loc.lower() for c in choices):
+            return field
+    return None
+
+
+def _is_secret(settings_cls: type[BaseSettings], field: str | None) -> bool:
+    info = settings_cls.model_fields.get(field) if field else None
+    if info is None:
+        return True  # not ours to judge: say nothing about the value
+    return SecretStr in (info.annotation, *get_args(info.annotation))
+
+
 def describe_validation_error(settings_cls: type[BaseSettings], exc: ValidationError) -> str:
+    """One line naming each bad variable and the rule it breaks; the value given is shown
+    only for settings that are not secrets."""
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if loc:
-            field = loc[0]
-            name = field if field.isupper() else env_name(settings_cls, field)
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            field = _field_named(settings_cls, loc[0])
+            name = env_name(settings_cls, field) if field else loc[0].upper()
+            if _is_secret(settings_cls, field):
+                problems.append(f"{name}: {msg}")
+            else:
+                problems.append(f"{name}: {msg} (got {err.get('input')!r})")
         else:
-            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            problems.append(msg)
     return "bad configuration: " + "; ".join(problems)

@@ -39,6 +39,9 @@ def get_catalog(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
         "max_active_jobs_per_tenant": s.max_active_jobs_per_tenant,
         "max_dataset_bytes_per_tenant": s.max_dataset_bytes_per_tenant,
         "max_predict_rows": MAX_PREDICT_ROWS,
+        "max_predict_cells": s.max_predict_cells,
+        "max_streams": s.max_streams,
+        "max_streams_per_key": s.max_streams_per_key,
         "rate_limit_per_minute": s.rate_limit_per_minute,
     })
     return {**engine_catalog(), "limits": limits,

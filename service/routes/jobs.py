@@ -10,8 +10,9 @@ import re
 import struct
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from messaging.live_events import publish_status, set_cancel_flag
 from messaging.queues import enqueue_job, gpu_worker_known_absent, queue_for_device
@@ -43,7 +44,7 @@ from ..schemas import (
     ValidationErrorBody,
 )
 from ..specs import request_hash, resolve_for_tenant
-from ..sse import job_event_stream
+from ..sse import job_event_stream, stream_owner
 
 __all__ = ["router"]
 
@@ -83,7 +84,9 @@ def _location(job_id: str) -> str:
     responses={201: {"description": "the job, queued", "links": _JOB_LINKS},
                **_INVALID, **_UNPARSABLE,
                409: {**_E, "description": "Idempotency-Key reused with another body"},
-               503: {**_E, "description": "the job is stored but Redis does not answer; it "
+               503: {**_E, "description": "device 'cuda' while no GPU worker runs (nothing "
+                                          "stored); or the job is stored but Redis does not "
+                                          "answer; it "
                                           "is queued again once Redis is back"}},
     summary="validate, store and queue a training job")
 def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
@@ -203,18 +206,22 @@ def metrics(job: JobDep, session: SessionDep,
             responses={**_NOT_FOUND, 200: {"content": {"text/event-stream": {
                 "schema": {"type": "string"}}}, "description": "Server-Sent Events"}},
             summary="live status and metrics as Server-Sent Events")
-def events(job: JobDep, services: ServicesDep, session: SessionDep,
+def events(job: JobDep, services: ServicesDep, session: SessionDep, request: Request,
            last_event_id: Annotated[str | None, Header(
                max_length=20, description="the last epoch received, to resume")] = None
            ) -> StreamingResponse:
     since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     job_id = job.id
+    # bounded per API key and in total (429 beyond), before anything is held
+    slot = services.streams.acquire(stream_owner(request, job.tenant_id))
     session.close()  # give the connection back: the stream may last hours
     stream = job_event_stream(job_id=job_id, session_factory=services.session_factory,
                               client=services.aredis, poll_s=services.settings.sse_poll_s,
                               heartbeat_s=services.settings.sse_heartbeat_s,
-                              last_epoch=since)
+                              last_epoch=since, slot=slot,
+                              db_limiter=services.streams.db_limiter)
     return StreamingResponse(stream, media_type="text/event-stream",
+                             background=BackgroundTask(slot.release),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -260,7 +267,7 @@ def weights(job: JobDep, services: ServicesDep,
     etag = f'"{sha}"'
     if sha and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    path = services.artifacts.local_path(uri)
+    path = services.artifacts.local_path(uri, sha256=sha)
     headers = {"ETag": etag} if sha else {}
     return FileResponse(path, media_type="application/octet-stream",
                         filename=f"{job.id}.{suffix}", headers=headers)
@@ -306,7 +313,7 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
     _require_success(job, "a model card")
     assert job.weights_uri is not None
     header, metadata = _read_safetensors_header(str(services.artifacts.local_path(
-        job.weights_uri)))
+        job.weights_uri, sha256=job.weights_sha256)))
     layers = []
     for name in sorted(header, key=_layer_order):
         info = header[name]
@@ -328,14 +335,30 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
 @router.post("/{job_id}/predict", response_model=PredictResult, operation_id="predict",
              responses={**_NOT_FOUND, **_NOT_READY, **_INVALID, **_UNPARSABLE},
              summary="predictions of the trained model for raw feature rows")
-def predict(body: PredictRequest, job: JobDep, services: ServicesDep) -> PredictResult:
+def predict(body: PredictRequest, job: JobDep, services: ServicesDep,
+            top_k: Annotated[int | None, Query(
+                ge=1, le=1000, description="classification: only the k most probable "
+                                           "classes of each row, with their labels")
+            ] = None) -> PredictResult:
     _require_success(job, "predictions")
     assert job.weights_uri is not None
-    width = (job.spec.get("model") or {}).get("input_dim")
+    model_spec = job.spec.get("model") or {}
+    width = model_spec.get("input_dim")
     if width is not None and len(body.x[0]) != width:
         raise InvalidInput(f"x rows have {len(body.x[0])} features but the model takes "
                            f"{width}", field="x")
-    path = str(services.artifacts.local_path(job.weights_uri))
+    # the answer's size is bounded before anything is computed (SPEC 7)
+    outputs = int(model_spec.get("output_dim") or 1)
+    if top_k is not None and job.spec.get("task") == "classification":
+        outputs = min(outputs, top_k)
+    cells, limit = len(body.x) * outputs, services.settings.max_predict_cells
+    if cells > limit:
+        raise InvalidInput(
+            f"{len(body.x)} rows × {outputs} outputs is {cells} values, over the limit "
+            f"max_predict_cells={limit} (MLP_MAX_PREDICT_CELLS); send fewer rows"
+            + (" or ask for ?top_k=k classes" if job.spec.get("task") == "classification"
+               and top_k is None else ""), field="x")
+    path = str(services.artifacts.local_path(job.weights_uri, sha256=job.weights_sha256))
     result = services.models.predict(job_id=job.id, sha256=job.weights_sha256 or "",
-                                     path=path, x=body.x)
+                                     path=path, x=body.x, top_k=top_k)
     return PredictResult.model_validate(result)

@@ -1,7 +1,12 @@
 """Security-test fixtures: the API as a real process (uvicorn) on its own Redis server and
 a fresh database, with no worker (jobs stay queued unless a test finishes them itself),
 API keys of fresh tenants, and a job made to look trained (real weights, finished through
-the store functions, as a worker would)."""
+the store functions, as a worker would).
+
+Keys made in this process are hashed with the secret the API process uses: the one in the
+stack's data directory (`use_the_apis_key_secret`). The shared stack allows many failed
+authentications a minute (its tests send bad keys on purpose); the throttle is tested on a
+stack of its own, with the default."""
 
 from __future__ import annotations
 
@@ -20,13 +25,24 @@ API_ENV = {
     "MLP_MAX_REQUEST_BYTES": str(256 * 1024),
     "MLP_MAX_ACTIVE_JOBS_PER_TENANT": "100000",
     "MLP_RECONCILE_INTERVAL_S": "0",
+    "MLP_AUTH_FAILURES_PER_MINUTE": "1000000",
 }
+
+
+def use_the_apis_key_secret(stack: Stack) -> None:
+    """Make `stack.new_key()` (keys made in this process) hash keys as the stack's API does:
+    with MLP_KEY_HASH_SECRET if its environment sets one, else the data directory's."""
+    from store.keys import bind_key_hasher, load_key_hasher
+
+    bind_key_hasher(stack.session_factory, load_key_hasher(
+        secret=stack.env.get("MLP_KEY_HASH_SECRET"), data_dir=stack.env["MLP_DATA_DIR"]))
 
 
 @pytest.fixture(scope="session")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with make_stack(tmp_path_factory.mktemp("security"), **API_ENV) as stack:
         stack.start_api()
+        use_the_apis_key_secret(stack)
         yield stack
 
 

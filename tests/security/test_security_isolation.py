@@ -143,19 +143,27 @@ def test_auth_is_on_by_default_and_a_revoked_key_is_refused(api: Stack) -> None:
     key = api.new_key()
     with api.http(key) as client:
         assert client.get("/v1/jobs").status_code == 200
-    from store.keys import hash_key
+    from store.keys import hasher_for
     from store.models import ApiKey
 
     with api.session_factory() as session:
-        row = session.query(ApiKey).filter_by(key_hash=hash_key(key)).one()
+        row = session.query(ApiKey).filter_by(key_hash=hasher_for(session).digest(key)).one()
         row.revoked = True
         session.commit()
     with api.http(key) as client:
         assert client.get("/v1/jobs").status_code == 401
 
 
-def test_keys_are_stored_only_as_their_sha256(api: Stack) -> None:
+def test_keys_are_stored_only_as_a_keyed_hash(api: Stack) -> None:
+    """HMAC-SHA256 under the server secret (a 0600 file in the data directory here): the
+    database holds neither the key nor its plain sha256, which a copy of it could test
+    guesses against."""
+    import hmac
+    import stat
+
     from sqlalchemy import text
+
+    from store.keys import SECRET_FILE
 
     key = api.new_key("hashed")
     assert re.fullmatch(r"mlp_[A-Za-z0-9_-]{43}", key)
@@ -163,21 +171,27 @@ def test_keys_are_stored_only_as_their_sha256(api: Stack) -> None:
         dump = "\n".join(str(tuple(row)) for table in ("api_keys", "tenants")
                          for row in session.execute(text(f"SELECT * FROM {table}")))
     assert key not in dump and key[4:] not in dump
-    assert hashlib.sha256(key.encode()).hexdigest() in dump
+    assert hashlib.sha256(key.encode()).hexdigest() not in dump
+    secret_file = Path(api.env["MLP_DATA_DIR"]) / SECRET_FILE
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip().encode()
+    assert hmac.new(secret, key.encode(), hashlib.sha256).hexdigest() in dump
     # at most a short prefix is kept, to recognise a key in a list: 8 of its 43 characters
     assert key[:13] not in dump
 
 
 def test_keys_are_compared_in_constant_time() -> None:
-    """Looking a key up by its sha256 (an index lookup on a hash the caller cannot steer)
-    and then hmac.compare_digest: no early exit on the first wrong character."""
+    """Looking a key up by its keyed hash (an index lookup on a hash the caller cannot
+    steer) and then hmac.compare_digest: no early exit on the first wrong character."""
     import inspect
 
     from store import keys
 
-    source = inspect.getsource(keys.tenant_for_key)
-    assert "hash_key(key)" in source and "hmac.compare_digest" in source
-    assert "== key" not in source and "key ==" not in source
+    source = inspect.getsource(keys._find_key)
+    assert "hasher.digest(key)" in source and "hmac.compare_digest" in source
+    for function in (keys._find_key, keys.tenant_for_key, keys.ensure_default_key):
+        source = inspect.getsource(function)
+        assert "== key" not in source and "key ==" not in source
 
 
 # --------------------------------------------------------------------------- no traces

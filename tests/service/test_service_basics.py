@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from .conftest import BOTH_BACKENDS
+from .conftest import BOTH_BACKENDS, Harness, _settings
 
 pytestmark = BOTH_BACKENDS
+
+
+@pytest.fixture(scope="module")
+def harness(database_url: str, redis_url: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    """This module's app does not throttle failed authentications: it sends dozens of bad
+    keys on purpose (the throttle has its own tests, in test_service_config.py)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    settings = _settings(tmp_path_factory.mktemp("service"), database_url, redis_url,
+                         auth_failures_per_minute=0)
+    with TestClient(create_app(settings)) as client:
+        yield Harness(client=client, settings=settings)
 
 # every /v1 route, with a body where it takes one (ids need not exist: auth comes first)
 V1_ROUTES = [
@@ -56,6 +73,11 @@ def test_metrics_text_has_requests_jobs_and_queues(client, auth):
     assert "mlp_http_request_duration_seconds_bucket" in text
     assert 'mlp_jobs{status="queued"}' in text
     assert 'mlp_queue_depth{queue="cpu"}' in text
+    client.get("/v1/jobs", headers={"Authorization": "Bearer mlp_not-a-real-key"})
+    text = client.get("/metrics").text
+    assert 'mlp_auth_failures_total{reason="unknown"}' in text
+    assert 'mlp_auth_failures_total{reason="malformed"}' in text
+    assert "mlp_auth_throttled_total 0.0" in text  # this module's app throttles nothing
 
 
 def test_unknown_route_is_json_404(client):

@@ -1,10 +1,13 @@
 """Apps with special settings (Redis down, a fixed API key, auth off, tiny limits), each on
-a SQLite file of its own, and start-up without torch."""
+a SQLite file of its own, and start-up without torch; the API key rules, keys made by
+`mlpctl keys create`, and the throttle on failed authentications."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
 
 from .conftest import CLOSED_REDIS
 
@@ -156,3 +159,147 @@ def test_dataset_bytes_per_tenant_limit(make_app):
     r = upload(app.client, headers, content, target="label")
     assert r.status_code == 409
     assert "MLP_MAX_DATASET_BYTES_PER_TENANT" in r.json()["message"]
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def test_a_short_api_key_stops_start_up_without_showing_it(monkeypatch):
+    from service.settings import ConfigError, Settings
+
+    short = "Kq7-too-short"  # 13 characters, distinctive enough to search for
+    monkeypatch.setenv("MLP_API_KEY", short)
+    with pytest.raises(ConfigError) as info:
+        Settings.load()
+    message = str(info.value)
+    assert "MLP_API_KEY" in message and "at least 16 characters" in message
+    assert short not in message and "13" not in message
+    # nor in what a traceback of it would print (the pydantic error is not chained)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with pytest.raises(ConfigError, match="no spaces") as info:
+        Settings.load(api_key="a key with spaces in it")
+    assert "a key with spaces" not in str(info.value)
+
+
+def test_a_good_api_key_is_never_shown_by_the_settings(monkeypatch):
+    from service.settings import Settings
+
+    key = "mlp_Good-Key-From-Env-1234567890"
+    monkeypatch.setenv("MLP_API_KEY", key)
+    settings = Settings.load()
+    assert settings.api_key.get_secret_value() == key
+    assert key not in repr(settings) and key not in str(settings.model_dump())
+    monkeypatch.setenv("MLP_API_KEY", "")
+    assert Settings.load().api_key is None
+
+
+def test_keys_from_mlpctl_work_with_the_api_of_the_same_configuration(make_app, tmp_path):
+    """`mlpctl keys create` in another process, reading the same environment (data
+    directory, database) as the API: its key authenticates (same key-hash secret)."""
+    import os
+
+    app = make_app()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLP_", "DATABASE_URL"))}
+    env["DATABASE_URL"] = app.settings.database_url
+    result = subprocess.run(
+        [sys.executable, "-m", "mlpctl", "keys", "create", "--tenant", "from-cli",
+         "--data-dir", str(app.settings.data_dir)],
+        env=env, capture_output=True, text=True, timeout=120, check=True)
+    key = result.stdout.strip()
+    assert key.startswith("mlp_")
+    assert app.client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}
+                          ).status_code == 200
+
+
+# --------------------------------------------------------------------------- failed auth
+
+
+def _from(app, address: str):
+    """A client of the same running app whose requests come from `address`."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app.client.app, client=(address, 40000))
+
+
+def test_failed_authentications_are_throttled_per_client_address(make_app):
+    app = make_app(auth_failures_per_minute=3)
+    good = app.auth()
+    wrong = {"Authorization": "Bearer mlp_wrong-key-0000000000000000000000000000000000000"}
+    attacker, bystander = _from(app, "198.51.100.7"), _from(app, "203.0.113.9")
+
+    codes = [attacker.get("/v1/jobs", headers=h).status_code
+             for h in (wrong, {"Authorization": "Basic abc"}, wrong, wrong, wrong)]
+    assert codes == [401, 401, 401, 429, 429]
+    r = attacker.get("/v1/jobs", headers=good)  # a right guess now is no different
+    assert r.status_code == 429
+    assert 1 <= int(r.headers["retry-after"]) <= 61
+    assert r.headers["content-type"].startswith("application/json")
+    assert "MLP_AUTH_FAILURES_PER_MINUTE" in r.json()["message"]
+    assert attacker.get("/healthz").status_code == 200  # probes need no key
+
+    # another address is not slowed: its valid key works, its wrong key is a plain 401
+    assert bystander.get("/v1/jobs", headers=good).status_code == 200
+    assert bystander.get("/v1/jobs", headers=wrong).status_code == 401
+
+    text = app.client.get("/metrics").text
+    assert 'mlp_auth_failures_total{reason="unknown"} 3.0' in text
+    assert 'mlp_auth_failures_total{reason="malformed"} 1.0' in text
+    assert "mlp_auth_throttled_total 3.0" in text
+
+
+def test_ipv6_clients_are_counted_by_their_64(make_app):
+    app = make_app(auth_failures_per_minute=2)
+    wrong = {"Authorization": "Bearer mlp_wrong"}
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2"):
+        assert _from(app, host).get("/v1/jobs", headers=wrong).status_code == 401
+    assert _from(app, "2001:db8:1:2::3").get("/v1/jobs", headers=wrong).status_code == 429
+    assert _from(app, "2001:db8:1:3::1").get("/v1/jobs", headers=app.auth()).status_code == 200
+
+
+def test_the_throttle_can_be_turned_off(make_app):
+    app = make_app(auth_failures_per_minute=0)
+    attacker = _from(app, "198.51.100.99")
+    assert {attacker.get("/v1/jobs", headers={"Authorization": "Bearer x"}).status_code
+            for _ in range(30)} == {401}
+
+
+def test_the_throttle_is_shared_through_redis_bounded_and_survives_redis_down(redis_url):
+    """Two API processes (two throttles on one Redis) share an address's budget; the table
+    in a process holds at most `max_addresses`; with Redis down a process still counts."""
+    import uuid
+
+    import redis
+
+    from service.errors import TooManyRequests
+    from service.ratelimit import AuthFailureThrottle
+
+    now = [1_000_000.0]
+    client = redis.Redis.from_url(redis_url)
+    one = AuthFailureThrottle(client, per_minute=3, clock=lambda: now[0])
+    two = AuthFailureThrottle(client, per_minute=3, clock=lambda: now[0])
+    address = f"192.0.2.{uuid.uuid4().int % 250}-{uuid.uuid4().hex[:6]}"
+    for _ in range(3):
+        one.check(address)
+        one.failure(address)
+    with pytest.raises(TooManyRequests):
+        one.check(address)
+    two.check(address)  # the other process has not seen this address yet ...
+    with pytest.raises(TooManyRequests):
+        two.failure(address)  # ... and learns at its first failure that the budget is spent
+    with pytest.raises(TooManyRequests):
+        two.check(address)
+    now[0] += 60  # the next minute: a new budget
+    one.check(address)
+    client.close()
+
+    down = redis.Redis.from_url(CLOSED_REDIS, socket_connect_timeout=0.2)
+    alone = AuthFailureThrottle(down, per_minute=2, max_addresses=50, clock=lambda: now[0])
+    alone.failure("198.51.100.1")
+    alone.failure("198.51.100.1")
+    with pytest.raises(TooManyRequests) as info:
+        alone.check("198.51.100.1")
+    assert 1 <= int(info.value.headers["Retry-After"]) <= 61
+    for i in range(200):  # many addresses: the table keeps the 50 most recent
+        alone.failure(f"203.0.113.{i}")
+    assert len(alone) == 50

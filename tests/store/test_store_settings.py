@@ -42,3 +42,28 @@ def test_normalize_url():
     assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_key_hash_secret_is_checked_and_never_shown(monkeypatch):
+    monkeypatch.setenv("MLP_KEY_HASH_SECRET", "Xq9-short-secret")
+    with pytest.raises(ConfigError, match="MLP_KEY_HASH_SECRET") as info:
+        CommonSettings.load()
+    assert "Xq9-short-secret" not in str(info.value) and "32 characters" in str(info.value)
+    good = "G" * 40
+    monkeypatch.setenv("MLP_KEY_HASH_SECRET", good)
+    settings = CommonSettings.load()
+    assert settings.key_hash_secret.get_secret_value() == good
+    assert good not in repr(settings) and good not in str(settings.model_dump())
+    monkeypatch.setenv("MLP_KEY_HASH_SECRET", "")  # `${VAR:-}` in a compose file: unset
+    assert CommonSettings.load().key_hash_secret is None
+
+
+def test_the_value_is_shown_only_for_settings_that_are_not_secrets(monkeypatch):
+    monkeypatch.setenv("MLP_MAX_EPOCHS", "many")
+    monkeypatch.setenv("MLP_KEY_HASH_SECRET", "Zt4-also-too-short")
+    with pytest.raises(ConfigError) as info:
+        CommonSettings.load()
+    message = str(info.value)
+    assert "MLP_MAX_EPOCHS" in message and "'many'" in message
+    assert "MLP_KEY_HASH_SECRET" in message and "Zt4-also-too-short" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -1,0 +1,93 @@
+"""What one request may make the API spend, and how it answers at the edges (SPEC 7):
+prediction answers bounded by rows × outputs and `top_k`, HEAD wherever GET works, keys
+never written to the access log."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from .conftest import BOTH_BACKENDS, store_succeeded_job
+
+pytestmark = BOTH_BACKENDS
+
+X = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+@pytest.fixture(scope="module")
+def done(harness, trained):
+    headers = harness.auth()
+    return headers, store_succeeded_job(harness, headers, trained)
+
+
+def test_top_k_returns_the_k_most_probable_classes(client, done):
+    headers, job_id = done
+    full = client.post(f"/v1/jobs/{job_id}/predict", headers=headers, json={"x": X}).json()
+    r = client.post(f"/v1/jobs/{job_id}/predict?top_k=2", headers=headers, json={"x": X})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["predictions"] == full["predictions"]
+    for probs, classes, row, label in zip(body["probabilities"], body["classes"],
+                                          full["probabilities"], full["predictions"],
+                                          strict=True):
+        assert len(probs) == len(classes) == 2
+        assert classes[0] == label and probs[0] >= probs[1]
+        assert np.allclose(probs, sorted(row, reverse=True)[:2], atol=1e-6)
+    assert client.post(f"/v1/jobs/{job_id}/predict?top_k=0", headers=headers,
+                       json={"x": X}).status_code == 422
+
+
+def test_rows_times_outputs_is_bounded(make_app, trained, database_url):
+    app = make_app(max_predict_cells=7, database_url=database_url)
+    headers = app.auth()
+    job_id = store_succeeded_job(app, headers, trained)
+    r = app.client.post(f"/v1/jobs/{job_id}/predict", headers=headers, json={"x": X})
+    assert r.status_code == 422, r.text  # 3 rows × 3 classes = 9 > 7
+    message = r.json()["message"]
+    assert "max_predict_cells=7" in message and "MLP_MAX_PREDICT_CELLS" in message
+    assert "top_k" in message
+    r = app.client.post(f"/v1/jobs/{job_id}/predict?top_k=2", headers=headers,
+                        json={"x": X})
+    assert r.status_code == 200, r.text  # 3 rows × top 2 = 6
+    assert app.client.get("/v1/catalog", headers=headers).json()["limits"][
+        "max_predict_cells"] == 7
+
+
+def test_head_works_wherever_get_does(client, done):
+    headers, job_id = done
+    for path in ("/healthz", "/readyz", f"/v1/jobs/{job_id}", "/v1/catalog",
+                 f"/v1/jobs/{job_id}/metrics", f"/v1/jobs/{job_id}/weights"):
+        get = client.get(path, headers=headers)
+        head = client.head(path, headers=headers)
+        assert head.status_code == get.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers.get("content-type") == get.headers.get("content-type")
+    weights = client.head(f"/v1/jobs/{job_id}/weights", headers=headers)
+    assert weights.headers["etag"] and int(weights.headers["content-length"]) > 0
+    # a stream answers its headers and ends
+    events = client.head(f"/v1/jobs/{job_id}/events", headers=headers)
+    assert events.status_code == 200 and events.content == b""
+    assert client.head("/v1/jobs/job_nope", headers=headers).status_code == 404
+    assert client.head(f"/v1/jobs/{job_id}").status_code == 401
+
+
+def test_credentials_in_a_query_string_never_reach_the_access_log(caplog, database_url):
+    from service.observability import install_access_log_redaction, redact_query
+
+    assert redact_query("/v1/jobs?api_key=mlp_secret&limit=5") == \
+        "/v1/jobs?api_key=[redacted]&limit=5"
+    assert redact_query("/x?limit=5&Token=abc") == "/x?limit=5&Token=[redacted]"
+    assert redact_query("/x?keyboard=1") == "/x?keyboard=1"
+    install_access_log_redaction()
+    access = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
+                    "/v1/jobs?api_key=mlp_topsecret", "1.1", 401)
+    assert "mlp_topsecret" not in caplog.text and "[redacted]" in caplog.text
+
+
+def test_a_key_in_the_query_string_is_not_accepted(client, harness):
+    key = harness.new_key()
+    assert client.get(f"/v1/jobs?api_key={key}").status_code == 401
