@@ -43,6 +43,7 @@ from .observability import (
 from .ratelimit import AuthFailureThrottle, RateLimiter
 from .reconciler import remove_stale_uploads, run_reconciler
 from .routes import catalog, datasets, health, jobs
+from .server import release_free_memory
 from .settings import Settings
 from .sse import StreamSlots
 
@@ -121,6 +122,13 @@ def _stop(services: Services) -> None:
     services.engine.dispose()
 
 
+async def _trim_memory_every(seconds: float) -> None:
+    """Hand freed heap pages back to the system now and then (service.server explains)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await anyio.to_thread.run_sync(release_free_memory)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app. Without `settings`, they are read from the environment (a bad value
     raises ConfigError naming the variable)."""
@@ -136,9 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         await anyio.to_thread.run_sync(remove_stale_uploads, Path(settings.data_dir) / "tmp")
         reconciler = asyncio.create_task(run_reconciler(services), name="mlp-reconciler")
+        trimmer = asyncio.create_task(_trim_memory_every(30.0), name="mlp-memory-trim")
         try:
             yield
         finally:
+            trimmer.cancel()
             reconciler.cancel()
             try:
                 await reconciler

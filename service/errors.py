@@ -222,7 +222,38 @@ def _with_field(field: str | None, message: str) -> str:
 
 async def _on_request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _invalid(validation_items(exc.errors()))
+    return _invalid(_name_configured_limits(request, validation_items(exc.errors())))
+
+
+# spec fields whose static bound (a sanity cap of the schema) is looser than the limit the
+# service is configured with: a value past the cap is reported against the configured limit
+_CONFIGURED_LIMITS: dict[tuple[str, ...], str] = {
+    ("model", "hidden_layers"): "max_hidden_layers",
+    ("model", "hidden_dims"): "max_hidden_layers",
+    ("model", "hidden_dims", "*"): "max_hidden_width",
+    ("model", "hidden_dim"): "max_hidden_width",
+    ("training", "epochs"): "max_epochs",
+    ("training", "batch_size"): "max_batch_size",
+    ("training", "max_runtime_s"): "max_runtime_s",
+}
+
+
+def _name_configured_limits(request: Request, items: list[dict[str, Any]]
+                            ) -> list[dict[str, Any]]:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return items
+    limits = services.settings.limits().describe()
+    for item in items:
+        if item["type"] not in ("less_than_equal", "less_than", "too_long"):
+            continue
+        loc = item["loc"][1:] if item["loc"][:1] == ["body"] else item["loc"]
+        path = tuple("*" if isinstance(p, int) else str(p) for p in loc)
+        name = _CONFIGURED_LIMITS.get(path)
+        if name is not None and name in limits:
+            item["msg"] = (f"over the limit {name}={limits[name]} of this service "
+                           "(GET /v1/catalog lists the limits)")
+    return items
 
 
 async def _on_spec_or_data_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,12 @@ connection (an event stream may last hours; the streams' own limits bound those)
 
 `serve()` runs the API this way, and raises the process's open-files limit to its hard
 limit so that many idle sockets do not exhaust it before the bounds act.
+
+Memory given back: glibc keeps one malloc arena per thread that ever allocated, and never
+returns freed pages at the top of a fragmented arena, so after a burst of large requests
+(uploads decoded on many threads) the API stayed at gigabytes. `limit_malloc_arenas` caps
+the arenas (as MALLOC_ARENA_MAX=2 would) and `release_free_memory` (malloc_trim) hands
+freed pages back; the upload route calls it after each parse.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "serve", "raise_open_files_limit"]
+__all__ = ["GuardedH11Protocol", "serve", "raise_open_files_limit", "limit_malloc_arenas",
+           "release_free_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +115,37 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on; False elsewhere."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc's malloc_trim); a no-op elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def raise_open_files_limit() -> int:
     """Raise the soft limit on open files to the hard one; the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,6 +165,7 @@ def serve(*, host: str, port: int, log_level: str, header_timeout_s: float,
     import uvicorn
 
     raise_open_files_limit()
+    limit_malloc_arenas()
     protocol = type("Guarded", (GuardedH11Protocol,), {
         "header_timeout_s": header_timeout_s, "body_idle_timeout_s": body_idle_timeout_s})
     uvicorn.run("service.app:create_app", factory=True, host=host, port=port,

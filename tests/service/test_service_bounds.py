@@ -91,3 +91,18 @@ def test_credentials_in_a_query_string_never_reach_the_access_log(caplog, databa
 def test_a_key_in_the_query_string_is_not_accepted(client, harness):
     key = harness.new_key()
     assert client.get(f"/v1/jobs?api_key={key}").status_code == 401
+
+
+@pytest.mark.parametrize("model,limit", [
+    ({"hidden_layers": 5000}, "max_hidden_layers=64"),
+    ({"hidden_dims": [8] * 1500}, "max_hidden_layers=64"),
+    ({"hidden_dims": [8, 2_000_000]}, "max_hidden_width=8192"),
+    ({"hidden_layers": 100}, "max_hidden_layers=64"),
+])
+def test_a_spec_over_a_limit_names_the_configured_limit(client, auth, model, limit):
+    spec = {"dataset": {"builtin": "iris"}, "model": model}
+    for route in ("/v1/specs/validate", "/v1/jobs"):
+        r = client.post(route, headers=auth, json=spec)
+        assert r.status_code == 422, r.text
+        assert limit in r.json()["message"], r.json()["message"]
+        assert "1000" not in r.json()["message"]
