@@ -1,225 +1,209 @@
-"""The callbacks through which a training run reports to the outside world.
+"""The callbacks through which a training run reports to the outside world, each with one
+job; worker.runner.job_callbacks composes them, in this order, for every attempt:
 
-`JobReporter` is the one callback the worker hands to `fit`: per epoch it writes the
-checkpoint when one is due, records metrics in the database (batched: at most one write
-per `flush_s`, and at every checkpoint and at the end) and publishes them on Redis; per
-batch it checks, cheaply, whether the job was cancelled or its lease lost. `Heartbeat` is
-a thread that renews the job's lease and reads its status from the database.
+1. `CheckpointWriter`  writes a checkpoint when one is due and names it in the job row, with
+                       the epoch records up to it, in one lease-fenced transaction;
+2. `MetricsRecorder`   writes the other epoch records in batches (at most one write per
+                       `flush_s`, and at the end);
+3. `EventPublisher`    publishes each epoch's metrics on Redis;
+4. `StopWatcher`       stops training, cheaply at batch ends, when the job was cancelled or
+                       its lease lost.
+
+The order is SPEC 7's promise: an epoch's metrics are recorded and published only after its
+checkpoint (when one is due) is written, so a job's progress never goes backwards. The two
+writers share one `JobLedger`: what this attempt has written to the job row.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_lib
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from messaging.live_events import cancel_key, encode_event, events_channel
+from messaging.live_events import cancel_requested, encode_event, events_channel
 from mlp_engine.callbacks import Callback, TrainState
 from mlp_engine.errors import Cancelled
-from store.artifacts import ArtifactStore
-from store.jobs import json_safe, record_epochs, renew_lease
+from store.artifacts import ArtifactError, ArtifactStore
+from store.jobs import json_safe, record_epochs
 
-__all__ = ["JobReporter", "Heartbeat", "LeaseLost", "checkpoint_key"]
+from .checkpoints import checkpoint_key, encode_checkpoint
+from .errors import LeaseLost
+from .lease import Heartbeat
+
+__all__ = ["JobLedger", "CheckpointWriter", "MetricsRecorder", "EventPublisher",
+           "StopWatcher", "Heartbeat", "LeaseLost", "checkpoint_key"]
 
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(Cancelled):
-    """Another worker took the job over (this one's lease expired): stop, write nothing."""
+@dataclass
+class JobLedger:
+    """What this attempt has written to the job row: the epoch records up to
+    `recorded_through` and the checkpoint the row names.
 
-
-def checkpoint_key(job_id: str, *, attempt: int = 0, epoch: int = 0) -> str:
-    """Where a checkpoint goes. A file is never overwritten: the job row names the one to
-    resume from, and a worker that lost its lease (but has not noticed yet) must not
-    change that file under the worker that took the job over."""
-    return f"jobs/{job_id}/checkpoint-a{attempt}-e{epoch}.pt"
-
-
-class Heartbeat(threading.Thread):
-    """Renews the job's lease every `interval_s` and notes a cancel or a lost lease.
-
-    A thread, so that a slow batch or a long evaluation never lets the lease lapse; the
-    training loop reads its two flags at batch boundaries.
+    The records still to write are those of `state.history` past `recorded_through` (an
+    earlier attempt's are in the database already). With a `worker_id`, every write is fenced
+    by the lease (store.jobs.record_epochs) and raises LeaseLost once another worker holds
+    the job.
     """
 
-    def __init__(self, *, session_factory: Callable[[], Session], job_id: str,
-                 worker_id: str, lease_s: float, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.session_factory = session_factory
-        self.job_id = job_id
-        self.worker_id = worker_id
-        self.lease_s = lease_s
-        self.interval_s = interval_s
-        self.cancel_requested = False
-        self.lease_lost = False
-        self._stop_event = threading.Event()
+    job_id: str
+    session_factory: Callable[[], Session]
+    worker_id: str | None = None
+    recorded_through: int = 0
+    checkpoint: str | None = None
+    last_write: float = field(default_factory=time.monotonic)
 
-    def beat(self) -> None:
-        try:
-            with self.session_factory() as session:
-                status = renew_lease(session, self.job_id, worker_id=self.worker_id,
-                                     lease_s=self.lease_s)
-        except SQLAlchemyError as exc:
-            # the lease outlives a short database outage; try again next beat
-            log.warning("could not renew the lease of %s: %s", self.job_id, exc)
-            return
-        if status is None:
-            self.lease_lost = True
-        elif status == "cancelling":
-            self.cancel_requested = True
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            self.beat()
-            if self.lease_lost:
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=30)
-
-
-class JobReporter(Callback):
-    """Checkpoints, metrics (database and Redis), cancellation and the lease, for one job."""
-
-    def __init__(
-        self,
-        *,
-        job_id: str,
-        session_factory: Callable[[], Session],
-        redis: redis_lib.Redis | None,
-        artifacts: ArtifactStore,
-        heartbeat: Heartbeat | None = None,
-        checkpoint_every: int | None = None,
-        checkpoint_interval_s: float = 5.0,
-        flush_s: float = 1.0,
-        publish_s: float = 0.05,
-        cancel_poll_s: float = 0.2,
-        recorded_epoch: int = 0,
-        worker_id: str | None = None,
-        attempt: int = 0,
-        resumed_checkpoint: str | None = None,
-    ) -> None:
-        self.job_id = job_id
-        # with a worker id, every write is fenced by the lease (store.jobs.record_epochs)
-        self.worker_id = worker_id
-        self.attempt = attempt
-        # the checkpoint the job row names; replaced (and deleted) by this run's next one
-        self.current_checkpoint = resumed_checkpoint
-        self.session_factory = session_factory
-        self.redis = redis
-        self.artifacts = artifacts
-        self.heartbeat = heartbeat
-        self.checkpoint_every = checkpoint_every
-        self.checkpoint_interval_s = checkpoint_interval_s
-        self.flush_s = flush_s
-        self.publish_s = publish_s
-        self.cancel_poll_s = cancel_poll_s
-        # epochs up to here were recorded (and published) by an earlier attempt
-        self.recorded_epoch = recorded_epoch
-        self.pending: list[dict[str, Any]] = []
-        self.events: list[str] = []
-        self.checkpoints_written = 0
-        self.last_checkpoint_epoch: int | None = None
-        now = time.monotonic()
-        self._last_flush = self._last_publish = self._last_poll = now
-        self._last_checkpoint = now
-        self._redis_warned = False
-
-    # ------------------------------------------------------------------ hooks
-
-    def on_train_begin(self, state: TrainState) -> None:
-        self._last_checkpoint = time.monotonic()
-        self._check_stop(force_poll=True)
-
-    def on_batch_end(self, state: TrainState) -> None:
-        self._check_stop()
-
-    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        record = json_safe(record)
-        epoch = int(record["epoch"])
-        self.pending.append(record)
-        if self._checkpoint_due(epoch):
-            # the checkpoint is on disk before this epoch is recorded or published, so a
-            # resumed attempt never starts behind what clients have seen
-            self._write_checkpoint(state, epoch)
-        elif time.monotonic() - self._last_flush >= self.flush_s:
-            self.flush()
-        if epoch > self.recorded_epoch:
-            self.events.append(encode_event("metrics", record))
-        if time.monotonic() - self._last_publish >= self.publish_s:
-            self.publish()
-        self._check_stop()
-
-    def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
-        if isinstance(error, LeaseLost):
-            return  # the job is another worker's now
-        # nothing is lost at the end, whatever ended training
-        self.flush()
-        self.publish()
-
-    # ------------------------------------------------------------------ work
-
-    def _checkpoint_due(self, epoch: int) -> bool:
-        if self.checkpoint_every is not None:
-            return epoch % self.checkpoint_every == 0
-        return time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s
-
-    def _write_checkpoint(self, state: TrainState, epoch: int) -> None:
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state.checkpoint(), buffer)
-        key = checkpoint_key(self.job_id, attempt=self.attempt, epoch=epoch)
-        self.artifacts.put_bytes(key, buffer.getvalue())
-        try:
-            self.flush(checkpoint=(key, epoch))
-        except LeaseLost:
-            self._delete_quietly(key)  # never named by the job row
-            raise
-        previous, self.current_checkpoint = self.current_checkpoint, key
-        if previous and previous != key:
-            self._delete_quietly(previous)
-        self.checkpoints_written += 1
-        self.last_checkpoint_epoch = epoch
-        self._last_checkpoint = time.monotonic()
-
-    def flush(self, checkpoint: tuple[str, int] | None = None) -> None:
-        """Write pending epoch records (and the checkpoint's key) in one transaction."""
-        if not self.pending and checkpoint is None:
+    def write(self, history: Sequence[dict[str, Any]], *,
+              checkpoint: tuple[str, int] | None = None) -> None:
+        """Write the unwritten records (and a new checkpoint's key) in one transaction."""
+        records = [r for r in history if int(r["epoch"]) > self.recorded_through]
+        if not records and checkpoint is None:
             return
         uri, epoch = checkpoint if checkpoint else (None, None)
         with self.session_factory() as session:
-            held = record_epochs(session, self.job_id, self.pending, checkpoint_uri=uri,
+            held = record_epochs(session, self.job_id, records, checkpoint_uri=uri,
                                  checkpoint_epoch=epoch, worker_id=self.worker_id)
         if self.worker_id is not None and not held:
-            self.pending = []
             raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker_id}; "
                             "nothing of this attempt was recorded after its lease lapsed")
-        self.pending = []
-        self._last_flush = time.monotonic()
+        if records:
+            self.recorded_through = max(int(r["epoch"]) for r in records)
+        if uri is not None:
+            self.checkpoint = uri
+        self.last_write = time.monotonic()
 
-    def _delete_quietly(self, key: str) -> None:
+
+class CheckpointWriter(Callback):
+    """Writes a checkpoint every `every` epochs (or, without it, after an epoch at most once
+    per `interval_s`), names it in the job row and deletes the one it replaces.
+
+    Runs first at an epoch's end: the epoch's record goes into the database with its
+    checkpoint, never before it.
+    """
+
+    def __init__(self, ledger: JobLedger, *, artifacts: ArtifactStore, attempt: int,
+                 every: int | None = None, interval_s: float = 5.0) -> None:
+        self.ledger = ledger
+        self.artifacts = artifacts
+        self.attempt = attempt
+        self.every = every
+        self.interval_s = interval_s
+        self.written = 0
+        self._last = time.monotonic()
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self._last = time.monotonic()
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        epoch = int(record["epoch"])
+        if self._due(epoch):
+            self._write(state, epoch)
+
+    def _due(self, epoch: int) -> bool:
+        if self.every is not None:
+            return epoch % self.every == 0
+        return time.monotonic() - self._last >= self.interval_s
+
+    def _write(self, state: TrainState, epoch: int) -> None:
+        key = checkpoint_key(self.ledger.job_id, attempt=self.attempt, epoch=epoch)
+        self.artifacts.put_bytes(key, encode_checkpoint(state.checkpoint()))
+        previous = self.ledger.checkpoint
+        try:
+            self.ledger.write(state.history, checkpoint=(key, epoch))
+        except LeaseLost:
+            self._delete(key)  # never named by the job row
+            raise
+        if previous and previous != key:
+            self._delete(previous)
+        self.written += 1
+        self._last = time.monotonic()
+
+    def _delete(self, key: str) -> None:
         try:
             self.artifacts.delete(key)
-        except Exception as exc:  # a leftover file costs disk, never correctness
-            log.warning("could not delete %s: %s", key, exc)
+        except (ArtifactError, OSError) as exc:
+            # a leftover file costs disk, never correctness: the job row names another
+            log.warning("could not delete checkpoint %s: %s", key, exc)
+
+
+class MetricsRecorder(Callback):
+    """Writes the epoch records CheckpointWriter did not, in batches: at most one write per
+    `flush_s`, and whatever is left when training ends, however it ends (but a lost lease:
+    the job is another worker's then)."""
+
+    def __init__(self, ledger: JobLedger, *, flush_s: float = 1.0) -> None:
+        self.ledger = ledger
+        self.flush_s = flush_s
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if time.monotonic() - self.ledger.last_write >= self.flush_s:
+            self.ledger.write(state.history)
+
+    def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
+        if not isinstance(error, LeaseLost):
+            self.ledger.write(state.history)
+
+
+class _RedisOutage:
+    """Redis trouble of one callback of one job: logged once, and no call to Redis for
+    `pause_s` after a failure, so that an unreachable server (each call waiting out its
+    timeouts) does not slow training down."""
+
+    def __init__(self, job_id: str, what: str, *, pause_s: float = 5.0) -> None:
+        self.job_id = job_id
+        self.what = what
+        self.pause_s = pause_s
+        self.warned = False
+        self._until = 0.0
+
+    def paused(self) -> bool:
+        return time.monotonic() < self._until
+
+    def __call__(self, exc: redis_lib.RedisError) -> None:
+        self._until = time.monotonic() + self.pause_s
+        if not self.warned:
+            log.warning("Redis is unavailable for job %s (%s); %s", self.job_id, exc,
+                        self.what)
+            self.warned = True
+
+
+class EventPublisher(Callback):
+    """Publishes a `metrics` event per epoch on the job's Redis channel, batched in one
+    round trip per `interval_s`. Epochs up to `after_epoch` were published by an earlier
+    attempt. Redis being away loses only these events; the database has every epoch."""
+
+    def __init__(self, redis: redis_lib.Redis | None, *, job_id: str, after_epoch: int = 0,
+                 interval_s: float = 0.05) -> None:
+        self.redis = redis
+        self.job_id = job_id
+        self.after_epoch = after_epoch
+        self.interval_s = interval_s
+        self.events: list[str] = []
+        self._last = time.monotonic()
+        self._outage = _RedisOutage(job_id, "metric events are dropped, the database "
+                                            "keeps every epoch")
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if int(record["epoch"]) > self.after_epoch:
+            self.events.append(encode_event("metrics", json_safe(record)))
+        if time.monotonic() - self._last >= self.interval_s:
+            self.publish()
+
+    def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
+        if not isinstance(error, LeaseLost):
+            self.publish()
 
     def publish(self) -> None:
-        """Send queued metric events in one round trip; Redis being away loses only them."""
-        self._last_publish = time.monotonic()
-        if not self.events or self.redis is None:
-            self.events = []
-            return
+        self._last = time.monotonic()
         events, self.events = self.events, []
+        if not events or self.redis is None or self._outage.paused():
+            return
         try:
             pipe = self.redis.pipeline(transaction=False)
             channel = events_channel(self.job_id)
@@ -227,31 +211,50 @@ class JobReporter(Callback):
                 pipe.publish(channel, event)
             pipe.execute()
         except redis_lib.RedisError as exc:
-            self._warn_redis(exc)
+            self._outage(exc)
 
-    def _check_stop(self, *, force_poll: bool = False) -> None:
+
+class StopWatcher(Callback):
+    """Stops training when the job was cancelled (the Redis flag, polled at most every
+    `poll_s`, or the heartbeat's view of the database) or its lease lost (the heartbeat).
+    Runs last at an epoch's end, so a finished epoch is recorded even when training stops
+    after it."""
+
+    def __init__(self, redis: redis_lib.Redis | None, *, job_id: str,
+                 heartbeat: Heartbeat | None = None, poll_s: float = 0.2) -> None:
+        self.redis = redis
+        self.job_id = job_id
+        self.heartbeat = heartbeat
+        self.poll_s = poll_s
+        self._last_poll = time.monotonic()
+        self._outage = _RedisOutage(job_id, "a cancel is seen through the database instead")
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self._check(force_poll=True)
+
+    def on_batch_end(self, state: TrainState) -> None:
+        self._check()
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        self._check()
+
+    def _check(self, *, force_poll: bool = False) -> None:
         hb = self.heartbeat
         if hb is not None:
             if hb.lease_lost:
                 raise LeaseLost(f"job {self.job_id} was taken over by another worker")
             if hb.cancel_requested:
                 raise Cancelled(f"job {self.job_id} was cancelled")
-        if self.redis is None:
+        if self.redis is None or self._outage.paused():
             return
         now = time.monotonic()
-        if not force_poll and now - self._last_poll < self.cancel_poll_s:
+        if not force_poll and now - self._last_poll < self.poll_s:
             return
         self._last_poll = now
         try:
-            cancelled = self.redis.exists(cancel_key(self.job_id))
+            cancelled = cancel_requested(self.redis, self.job_id)
         except redis_lib.RedisError as exc:
-            self._warn_redis(exc)
+            self._outage(exc)
             return
         if cancelled:
             raise Cancelled(f"job {self.job_id} was cancelled")
-
-    def _warn_redis(self, exc: Exception) -> None:
-        if not self._redis_warned:
-            log.warning("Redis is unavailable for job %s (%s); training goes on, the "
-                        "database keeps every epoch", self.job_id, exc)
-            self._redis_warned = True

@@ -94,8 +94,9 @@ def _choose_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     for heavy in ("pandas", "sklearn.datasets", "torch._dynamo"):
         try:
             importlib.import_module(heavy)
-        except ImportError:  # pragma: no cover - both are dependencies
-            pass
+        except ImportError as exc:  # pragma: no cover - all are dependencies
+            log.warning("could not preload %s (%s); each training process imports it "
+                        "itself", heavy, exc)
     log.info("worker %s consumes %s with %s process(es), %s torch thread(s) each",
              sender, sorted(queues.consume_from), _state["concurrency"],
              settings.torch_threads(_state["concurrency"]))
@@ -161,8 +162,9 @@ class _GpuAnnouncer(threading.Thread):
         finally:
             try:
                 redis.delete(key)
-            except redis_lib.RedisError:
-                pass
+            except redis_lib.RedisError as exc:
+                log.warning("could not withdraw this GPU worker's announcement from Redis "
+                            "(%s); it expires within %.0f s", exc, self.interval * 3)
             redis.close()
 
     def stop(self) -> None:

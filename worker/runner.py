@@ -1,24 +1,22 @@
 """One delivery of a training job, independent of Celery (worker.tasks wraps it).
 
-claim (or return) → load the spec and the data → resume from the last checkpoint if there
-is one → `fit` with the JobReporter callback → write the weights → finish the job. Every
-outcome ends in the database with a clear error type and message (never a stack trace);
-every status change is published as a `status` event.
+claim (or return) → load the spec and the data → resume from the checkpoint the job row
+names, if any → `fit` with the callbacks of `job_callbacks` → write the weights → finish the
+job. Every outcome ends in the database with a clear error type and message (never a stack
+trace); every status change is published as a `status` event.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import socket
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 from celery.exceptions import SoftTimeLimitExceeded
@@ -28,13 +26,21 @@ from sqlalchemy.orm import Session
 from messaging.live_events import clear_cancel_flag, publish_status, queued_key, redis_from_url
 from store.artifacts import ArtifactError, ArtifactStore
 from store.db import make_session_factory
-from store.jobs import as_utc, claim_job, finish_job, get_job
+from store.jobs import claim_job, finish_job, get_job
 from store.models import TERMINAL, Dataset, Job, JobStatus, utcnow
+from store.timefmt import as_utc
 
-from .callbacks import Heartbeat, JobReporter, LeaseLost
+from .callbacks import CheckpointWriter, EventPublisher, JobLedger, MetricsRecorder, StopWatcher
+from .checkpoints import read_checkpoint
+from .errors import CheckpointUnreadable, LeaseLost
+from .lease import Heartbeat
 from .settings import WorkerSettings
 
-__all__ = ["run_job", "WorkerContext", "classify_error"]
+if TYPE_CHECKING:  # pragma: no cover
+    from mlp_engine.callbacks import Callback
+    from mlp_engine.spec import JobSpec
+
+__all__ = ["run_job", "job_callbacks", "WorkerContext", "classify_error"]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +78,12 @@ def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
     if ctx.redis is not None:
         # this message is being handled: recovery may queue the job again if we die
         # before claiming it
-        with contextlib.suppress(redis_lib.RedisError):
+        try:
             ctx.redis.delete(queued_key(job_id))
+        except redis_lib.RedisError as exc:
+            log.warning("job %s: could not clear its queued marker on Redis (%s); the "
+                        "reconciler may deliver it again, which the claim makes harmless",
+                        job_id, exc)
     claimed_at = utcnow()
     with ctx.session_factory() as session:
         job = claim_job(session, job_id, worker_id=ctx.worker_id, lease_s=s.lease_seconds,
@@ -159,8 +169,11 @@ def _finish(ctx: WorkerContext, job_id: str, status: str, **kwargs: Any) -> str:
     if done:
         _publish(ctx, job)
         if status == JobStatus.CANCELLED and ctx.redis is not None:
-            with contextlib.suppress(redis_lib.RedisError):
+            try:
                 clear_cancel_flag(ctx.redis, job_id)
+            except redis_lib.RedisError as exc:
+                # the job is terminal, so the flag is never read again; it expires by itself
+                log.warning("job %s: could not clear its cancel flag on Redis: %s", job_id, exc)
     return job.status
 
 
@@ -169,6 +182,8 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
 
     job_id = job.id
     try:
+        # the stored spec was resolved by the API; fit resolves it again against the data
+        # with the same function (mlp_engine.spec.resolve_spec, through prepare_data)
         spec = JobSpec.model_validate(job.spec)
         device = _pick_device(spec.device)
         current = _set_device(ctx, job_id, device)
@@ -176,22 +191,13 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
             _publish(ctx, current)
         x, y = _load_data(ctx, job)
         resume = _load_checkpoint(ctx, job)
-        _test_poison_hook(job)
-        reporter = JobReporter(
-            job_id=job_id, session_factory=ctx.session_factory, redis=ctx.redis,
-            artifacts=ctx.artifacts, heartbeat=heartbeat,
-            checkpoint_every=spec.training.checkpoint_every,
-            checkpoint_interval_s=ctx.settings.checkpoint_interval_s,
-            flush_s=ctx.settings.metrics_flush_s, cancel_poll_s=ctx.settings.cancel_poll_s,
-            recorded_epoch=job.epoch, worker_id=ctx.worker_id, attempt=job.attempts,
-            resumed_checkpoint=job.checkpoint_uri,
-        )
+        callbacks = job_callbacks(job, spec=spec, ctx=ctx, heartbeat=heartbeat)
         from mlp_engine.training import fit
 
         # one line per training run: the fault tests count them (none may run twice)
         log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)", job_id,
                  job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id)
-        result = fit(spec, x, y, callbacks=[reporter], resume=resume, device=device,
+        result = fit(spec, x, y, callbacks=callbacks, resume=resume, device=device,
                      num_threads=ctx.num_threads, limits=ctx.settings.limits())
         weights = _write_weights(ctx, job_id, result)
         updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
@@ -214,18 +220,28 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
     # delivery resumes the job from its last checkpoint
 
 
-# A test hook, off unless the variable is set: the training process of a job whose name it
-# lists kills itself with SIGKILL, as a job that always crashes its worker would (a "poison"
-# job). tests/faults uses it to check such a job fails after MLP_MAX_ATTEMPTS.
-TEST_POISON_ENV = "MLP_TEST_POISON_JOB_NAMES"
+def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
+                  heartbeat: Heartbeat | None = None) -> list[Callback]:
+    """The callbacks one attempt of `job` hands to `fit`, in the order they run.
 
-
-def _test_poison_hook(job: Job) -> None:
-    names = os.environ.get(TEST_POISON_ENV)
-    if names and job.name and job.name in {n.strip() for n in names.split(",")}:
-        log.warning("job %s: named in %s (a test hook); this process kills itself",
-                    job.id, TEST_POISON_ENV)
-        os.kill(os.getpid(), signal.SIGKILL)
+    The order is the promise of SPEC 7: at an epoch's end its checkpoint, when one is due,
+    is written and named in the job row (with the records up to it) before the epoch's
+    metrics are recorded on their own or published; the stop check comes last, so an epoch
+    that finished is kept even when training stops right after it.
+    """
+    s = ctx.settings
+    # records up to job.epoch are in the database already (an earlier attempt's)
+    ledger = JobLedger(job_id=job.id, session_factory=ctx.session_factory,
+                       worker_id=ctx.worker_id, recorded_through=job.epoch,
+                       checkpoint=job.checkpoint_uri)
+    return [
+        CheckpointWriter(ledger, artifacts=ctx.artifacts, attempt=job.attempts,
+                         every=spec.training.checkpoint_every,
+                         interval_s=s.checkpoint_interval_s),
+        MetricsRecorder(ledger, flush_s=s.metrics_flush_s),
+        EventPublisher(ctx.redis, job_id=job.id, after_epoch=job.epoch),
+        StopWatcher(ctx.redis, job_id=job.id, heartbeat=heartbeat, poll_s=s.cancel_poll_s),
+    ]
 
 
 def classify_error(exc: BaseException) -> tuple[str, tuple[str, str]]:
@@ -243,6 +259,8 @@ def classify_error(exc: BaseException) -> tuple[str, tuple[str, str]]:
 
     if isinstance(exc, Cancelled):
         return JobStatus.CANCELLED, ("cancelled", "cancelled by request")
+    if isinstance(exc, CheckpointUnreadable):
+        return JobStatus.FAILED, ("checkpoint_unreadable", str(exc))
     if isinstance(exc, TimeLimitExceeded):
         return JobStatus.FAILED, ("time_limit", str(exc))
     if isinstance(exc, SoftTimeLimitExceeded):
@@ -314,34 +332,27 @@ def _load_data(ctx: WorkerContext, job: Job) -> tuple[Any, Any]:
         ds = session.get(Dataset, dataset_ref)
         if ds is None or ds.tenant_id != job.tenant_id:
             raise DataError(f"dataset {dataset_ref} no longer exists", field="dataset.id")
-        uri, fmt, target, multilabel = ds.uri, ds.format, list(ds.target), ds.multilabel
+        uri, fmt, target = ds.uri, ds.format, list(ds.target)
     try:
         path = ctx.artifacts.local_path(uri)
     except ArtifactError as exc:
         raise DataError(f"the file of dataset {dataset_ref} is missing from the artifact "
                         "store", field="dataset.id") from exc
-    columns: str | list[str] = target if multilabel or len(target) != 1 else target[0]
-    data = read_table(path, format=fmt, target=columns)
+    # the columns the upload read (describe() made its DatasetInfo from them)
+    data = read_table(path, format=fmt, target=target)
     return data.x, data.y
 
 
 def _load_checkpoint(ctx: WorkerContext, job: Job) -> dict[str, Any] | None:
+    """The checkpoint the job row names, or None for a job that has none yet. One that
+    cannot be read fails the job (CheckpointUnreadable): starting over from epoch 0 would
+    hide the loss of every epoch it held."""
     if not job.checkpoint_uri:
         return None
-    import io
-
-    import torch
-
-    try:
-        blob = ctx.artifacts.get_bytes(job.checkpoint_uri)
-        ckpt = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
-    except Exception as exc:  # a checkpoint we cannot read: start over, lose no correctness
-        log.warning("job %s: cannot read checkpoint %s (%s); starting from epoch 0",
-                    job.id, job.checkpoint_uri, exc)
-        return None
+    checkpoint = read_checkpoint(ctx.artifacts, job.checkpoint_uri)
     log.info("job %s: resuming from the checkpoint of epoch %s (attempt %s)",
              job.id, job.checkpoint_epoch, job.attempts)
-    return ckpt
+    return checkpoint
 
 
 def _write_weights(ctx: WorkerContext, job_id: str, result: Any) -> dict[str, Any]:

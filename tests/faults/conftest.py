@@ -7,8 +7,9 @@ last one; `stack` hands each test a stack with Redis, the API and two workers al
 replacing whatever the previous test killed.
 
 Timing knobs (all real settings, small so faults show quickly): leases of 3 s, the API's
-reconciler every second for jobs unsent for 2 s, a checkpoint after every epoch, and one
-test-hook job name whose training process kills itself.
+reconciler every second for jobs unsent for 2 s, a checkpoint after every epoch. The workers
+also load tests/faults/poison.py (`--include`), which makes the training process of a job
+named POISON_NAME kill itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.poison import POISON_ENV
 from tests.faults.procs import Stack, make_stack
 
 POISON_NAME = "poison-pill"
@@ -35,8 +37,9 @@ STACK_ENV = {
     "MLP_METRICS_FLUSH_S": "0.2",
     "MLP_MAX_ACTIVE_JOBS_PER_TENANT": "1000",
     "MLP_MAX_RUNTIME_S": "3600",
-    "MLP_TEST_POISON_JOB_NAMES": POISON_NAME,
+    POISON_ENV: POISON_NAME,
 }
+WORKER_ARGS = ["--include", "tests.faults.poison"]
 
 _held: dict[str, contextlib.ExitStack] = {}
 
@@ -52,7 +55,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     exits = contextlib.ExitStack()
     _held["stack"] = exits
     directory: Path = tmp_path_factory.mktemp("faults")
-    stack = exits.enter_context(make_stack(directory, **STACK_ENV))
+    stack = exits.enter_context(make_stack(directory, worker_args=WORKER_ARGS, **STACK_ENV))
     try:
         stack.start_api()
         procs = [stack.start_worker(wait=False) for _ in range(WORKERS)]

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,8 @@ class Stack:
     api: Proc | None = None
     port: int = 0
     workers: list[Proc] = field(default_factory=list)
+    # more `celery worker` options, such as `--include` of a fault module (tests/faults/poison.py)
+    worker_args: list[str] = field(default_factory=list)
     _session_factory: Any = None
 
     # ------------------------------------------------------------------ the API
@@ -280,7 +282,7 @@ class Stack:
         proc = spawn(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app",
                             "worker", "-Q", "cpu", "-c", "1", "--pool", "prefork",
                             "--hostname", f"{name}@%h", "--without-mingle",
-                            "--without-gossip", "--loglevel", "INFO"],
+                            "--without-gossip", "--loglevel", "INFO", *self.worker_args],
                      env=env, log_path=self.directory / f"worker-{name}.log")
         self.workers.append(proc)
         if wait:
@@ -313,10 +315,15 @@ class Stack:
         return self._session_factory
 
     def new_key(self, tenant: str | None = None) -> str:
-        from store.keys import create_api_key
+        """A new API key of `tenant` (a fresh one by default), hashed as the stack's API
+        hashes keys: with its MLP_KEY_HASH_SECRET, else its data directory's secret."""
+        from store.keys import create_api_key, load_key_hasher
 
+        hasher = load_key_hasher(secret=self.env.get("MLP_KEY_HASH_SECRET"),
+                                 data_dir=self.env["MLP_DATA_DIR"])
         with self.session_factory() as session:
-            return create_api_key(session, tenant or f"t-{uuid.uuid4().hex[:10]}")
+            return create_api_key(session, tenant or f"t-{uuid.uuid4().hex[:10]}",
+                                  hasher=hasher)
 
     def job(self, job_id: str) -> Any:
         from store.models import Job
@@ -351,7 +358,8 @@ class Stack:
 
 
 @contextlib.contextmanager
-def make_stack(directory: Path, **env: str) -> Iterator[Stack]:
+def make_stack(directory: Path, *, worker_args: Sequence[str] = (),
+               **env: str) -> Iterator[Stack]:
     redis = RedisServer()
     redis.start()
     try:
@@ -363,7 +371,7 @@ def make_stack(directory: Path, **env: str) -> Iterator[Stack]:
                 MLP_ARTIFACTS_URL=str(data_dir / "artifacts"), MLP_WORKER_THREADS="1",
                 MLP_RATE_LIMIT_PER_MINUTE="0", **env)
             stack = Stack(directory=directory, redis=redis, database_url=database_url,
-                          env=stack_env)
+                          env=stack_env, worker_args=list(worker_args))
             try:
                 yield stack
             finally:

@@ -35,10 +35,12 @@ def job_id(session_factory: Any) -> str:
 
 
 class _State:
-    """What JobReporter needs of fit's TrainState to write a checkpoint."""
+    """What the checkpoint writer reads of fit's TrainState: the epoch, the history (one
+    record per epoch) and the checkpoint."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, *losses: float) -> None:
+        self.history = [{"epoch": n, "train_loss": loss} for n, loss in enumerate(losses, 1)]
+        self.epoch = len(losses)
 
     def checkpoint(self) -> dict[str, Any]:
         import torch
@@ -46,13 +48,16 @@ class _State:
         return {"epoch": self.epoch, "w": torch.full((3,), float(self.epoch))}
 
 
-def _reporter(session_factory: Any, artifacts: ArtifactStore, job_id: str, *,
-              worker_id: str, attempt: int, resumed: str | None = None) -> Any:
-    from worker.callbacks import JobReporter
+def _writer(session_factory: Any, artifacts: ArtifactStore, job_id: str, *,
+            worker_id: str, attempt: int, resumed: Job | None = None) -> Any:
+    """A checkpoint writer after every epoch, as worker.runner.job_callbacks makes it for
+    a job (`resumed`: the row it resumes from)."""
+    from worker.callbacks import CheckpointWriter, JobLedger
 
-    return JobReporter(job_id=job_id, session_factory=session_factory, redis=None,
-                       artifacts=artifacts, checkpoint_every=1, flush_s=0,
-                       worker_id=worker_id, attempt=attempt, resumed_checkpoint=resumed)
+    ledger = JobLedger(job_id=job_id, session_factory=session_factory, worker_id=worker_id,
+                       recorded_through=resumed.epoch if resumed else 0,
+                       checkpoint=resumed.checkpoint_uri if resumed else None)
+    return CheckpointWriter(ledger, artifacts=artifacts, attempt=attempt, every=1)
 
 
 def _row(session_factory: Any, job_id: str) -> Job:
@@ -92,8 +97,9 @@ def test_a_worker_whose_lease_lapsed_writes_nothing_after_a_take_over(
     artifacts = ArtifactStore(tmp_path / "artifacts")
     with session_factory() as s:
         assert jobs.claim_job(s, job_id, worker_id="late", lease_s=5) is not None
-    late = _reporter(session_factory, artifacts, job_id, worker_id="late", attempt=1)
-    late.on_epoch_end(_State(1), {"epoch": 1, "train_loss": 1.0})
+    late = _writer(session_factory, artifacts, job_id, worker_id="late", attempt=1)
+    state = _State(1.0)
+    late.on_epoch_end(state, state.history[-1])
     first = _row(session_factory, job_id)
     assert first.epoch == 1 and first.checkpoint_epoch == 1
     first_checkpoint = artifacts.get_bytes(first.checkpoint_uri)
@@ -103,12 +109,13 @@ def test_a_worker_whose_lease_lapsed_writes_nothing_after_a_take_over(
         later = utcnow() + timedelta(seconds=30)
         taken = jobs.claim_job(s, job_id, worker_id="next", lease_s=60, now=later)
         assert taken is not None and taken.attempts == 2
-    nxt = _reporter(session_factory, artifacts, job_id, worker_id="next", attempt=2,
-                    resumed=first.checkpoint_uri)
+    nxt = _writer(session_factory, artifacts, job_id, worker_id="next", attempt=2,
+                  resumed=first)
 
     # the late worker wakes up: its epoch 2 and its checkpoint are refused
+    state = _State(1.0, 99.0)
     with pytest.raises(LeaseLost):
-        late.on_epoch_end(_State(2), {"epoch": 2, "train_loss": 99.0})
+        late.on_epoch_end(state, state.history[-1])
     row = _row(session_factory, job_id)
     assert row.epoch == 1 and row.checkpoint_uri == first.checkpoint_uri
     assert artifacts.get_bytes(first.checkpoint_uri) == first_checkpoint  # untouched
@@ -123,7 +130,8 @@ def test_a_worker_whose_lease_lapsed_writes_nothing_after_a_take_over(
                                    error=("x", "late worker"))
 
     # the worker that holds the job goes on from the checkpoint and ends it
-    nxt.on_epoch_end(_State(2), {"epoch": 2, "train_loss": 0.5})
+    state = _State(1.0, 0.5)
+    nxt.on_epoch_end(state, state.history[-1])
     row = _row(session_factory, job_id)
     assert row.epoch == 2 and row.checkpoint_epoch == 2
     assert "-a2-e2" in row.checkpoint_uri

@@ -20,6 +20,7 @@ import pytest
 
 from messaging import celery_factory, queues
 from tests.faults.conftest import LEASE_S, POISON_NAME
+from tests.faults.poison import POISON_ENV
 from tests.faults.procs import TERMINAL, Stack, tiny_spec, training_starts, wait_for
 
 pytestmark = pytest.mark.slow
@@ -245,7 +246,7 @@ def test_a_poison_job_fails_after_max_attempts_and_workers_go_on(stack: Stack) -
         public = client.get(f"/v1/jobs/{poison}").json()
         assert public["error"]["type"] == "max_attempts"
         assert "MLP_MAX_ATTEMPTS=3" in public["error"]["message"]
-        kills = stack.worker_logs().count(f"job {poison}: named in MLP_TEST_POISON_JOB_NAMES")
+        kills = stack.worker_logs().count(f"job {poison}: named in {POISON_ENV}")
         assert kills == 3
         assert len(stack.live_workers()) == 2
         # and the workers still serve: a few ordinary jobs, both queue consumers busy

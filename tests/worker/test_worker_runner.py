@@ -15,6 +15,7 @@ from service.schemas import JobPublic
 from store import jobs
 from store.models import Job, JobMetric, utcnow
 from worker import callbacks as worker_callbacks
+from worker import runner as worker_runner
 from worker.runner import classify_error, run_job
 
 IRIS = {"name": "iris", "dataset": {"builtin": "iris"}, "model": {"hidden_dims": [8]},
@@ -97,6 +98,20 @@ class _Crash(BaseException):
     """Stands in for kill -9: nothing in the job runner catches it."""
 
 
+def crash_after_epoch(monkeypatch, epoch: int) -> None:
+    """Make the next run_job die right after `epoch` (every worker callback ran for it)."""
+    from mlp_engine.callbacks import Callback
+
+    class CrashAt(Callback):
+        def on_epoch_end(self, state, record):
+            if record["epoch"] == epoch:
+                raise _Crash()
+
+    original = worker_runner.job_callbacks
+    monkeypatch.setattr(worker_runner, "job_callbacks",
+                        lambda job, **kw: [*original(job, **kw), CrashAt()])
+
+
 def test_resume_after_a_crash_gives_the_same_weights(make_ctx, make_job, session_factory,
                                                      monkeypatch):
     import torch
@@ -109,17 +124,10 @@ def test_resume_after_a_crash_gives_the_same_weights(make_ctx, make_job, session
     assert run_job(reference, ctx)["status"] == "succeeded"
 
     job_id = make_job(spec)
-    original = worker_callbacks.JobReporter.on_epoch_end
-
-    def crash_at_5(self, state, record):
-        original(self, state, record)
-        if record["epoch"] == 5:
-            raise _Crash()
-
-    monkeypatch.setattr(worker_callbacks.JobReporter, "on_epoch_end", crash_at_5)
-    with pytest.raises(_Crash):
-        run_job(job_id, make_ctx())
-    monkeypatch.setattr(worker_callbacks.JobReporter, "on_epoch_end", original)
+    with monkeypatch.context() as patched:
+        crash_after_epoch(patched, 5)
+        with pytest.raises(_Crash):
+            run_job(job_id, make_ctx())
     job, rows = load(session_factory, job_id)
     assert job.status == "running" and job.checkpoint_epoch == 4
 
@@ -136,6 +144,93 @@ def test_resume_after_a_crash_gives_the_same_weights(make_ctx, make_job, session
     a = load_model(ctx.artifacts.local_path(ref_job.weights_uri)).state_dict()
     b = load_model(ctx.artifacts.local_path(job.weights_uri)).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_callbacks_write_the_checkpoint_first_and_check_for_stops_last(ctx, make_job,
+                                                                      session_factory):
+    from worker.callbacks import CheckpointWriter, EventPublisher, MetricsRecorder, StopWatcher
+
+    job_id = make_job(iris())
+    with session_factory() as s:
+        job = jobs.claim_job(s, job_id, worker_id=ctx.worker_id, lease_s=60)
+    from mlp_engine.spec import JobSpec
+
+    callbacks = worker_runner.job_callbacks(job, spec=JobSpec.model_validate(job.spec),
+                                            ctx=ctx)
+    assert [type(cb) for cb in callbacks] == [CheckpointWriter, MetricsRecorder,
+                                              EventPublisher, StopWatcher]
+    assert callbacks[0].ledger is callbacks[1].ledger  # one view of what is written
+
+
+def test_an_epochs_metrics_are_recorded_and_published_after_its_checkpoint(
+        make_ctx, make_job, session_factory, monkeypatch):
+    """SPEC 7: with a checkpoint due at an epoch, that epoch's record reaches the database
+    with (or after) the checkpoint's key, and its event is published after that."""
+    every = 2
+    ctx = make_ctx(metrics_flush_s=0)  # every epoch written at once: the most chances to err
+    job_id = make_job(iris(epochs=7, checkpoint_every=every))
+    named: list[int] = [0]  # the checkpoint epochs the job row has named, in order
+    early: list[str] = []
+    record_epochs = worker_callbacks.record_epochs
+
+    def watched_write(session, job_id, records, **kw):
+        held = record_epochs(session, job_id, records, **kw)
+        if kw.get("checkpoint_epoch") is not None:
+            named.append(kw["checkpoint_epoch"])
+        early.extend(f"recorded {r['epoch']} with checkpoint {named[-1]}" for r in records
+                     if r["epoch"] % every == 0 and r["epoch"] > named[-1])
+        return held
+
+    publish = worker_callbacks.EventPublisher.publish
+    published: list[int] = []
+
+    def watched_publish(self):
+        epochs = [json.loads(e)["data"]["epoch"] for e in self.events]
+        published.extend(epochs)
+        early.extend(f"published {e} with checkpoint {named[-1]}" for e in epochs
+                     if e % every == 0 and e > named[-1])
+        publish(self)
+
+    monkeypatch.setattr(worker_callbacks, "record_epochs", watched_write)
+    monkeypatch.setattr(worker_callbacks.EventPublisher, "publish", watched_publish)
+    assert run_job(job_id, ctx)["status"] == "succeeded"
+    assert early == []
+    assert named == [0, 2, 4, 6] and published == [1, 2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("content, cause", [
+    (None, "cannot be read from the artifact store (ArtifactError: artifact "),
+    (b"half a checkpoint", "the file (17 bytes) is not a torch checkpoint ("),
+    ("torch", "not a checkpoint of this engine (format 'someone-else/1'"),
+], ids=["missing", "garbage", "wrong-format"])
+def test_an_unreadable_checkpoint_fails_the_job_naming_it(ctx, make_job, session_factory,
+                                                          content, cause):
+    """A job whose checkpoint cannot be read fails with the key and the cause; it does not
+    train again from epoch 0."""
+    import io
+
+    import torch
+
+    job_id = make_job(iris())
+    key = f"jobs/{job_id}/checkpoint-a1-e2.pt"
+    if content == "torch":
+        buffer = io.BytesIO()
+        torch.save({"format": "someone-else/1", "epoch": 2}, buffer)
+        content = buffer.getvalue()
+    if content is not None:
+        ctx.artifacts.put_bytes(key, content)
+    with session_factory() as s:
+        job = s.get(Job, job_id)
+        job.checkpoint_uri, job.checkpoint_epoch = key, 2
+        s.commit()
+
+    assert run_job(job_id, ctx)["status"] == "failed"
+    job, rows = load(session_factory, job_id)
+    assert job.error_type == "checkpoint_unreadable"
+    assert job.error_message.startswith(f"cannot resume from checkpoint {key}: ")
+    assert cause in job.error_message, job.error_message
+    assert "\n" not in job.error_message and "\x1b" not in job.error_message
+    assert rows == [] and job.epoch == 0  # nothing trained
 
 
 def test_divergence_fails_with_the_engines_message(ctx, make_job, session_factory):
