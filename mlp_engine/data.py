@@ -31,6 +31,7 @@ __all__ = [
     "FORMATS",
     "MAX_CLASSES",
     "MAX_LABEL_CHARS",
+    "infer_task",
     "load_builtin",
     "builtin_info",
     "read_table",
@@ -621,6 +622,18 @@ def _check_string_labels(labels: tuple[str, ...]) -> None:
                         f"labels may have at most {MAX_LABEL_CHARS}", field="target")
 
 
+def infer_task(*, numeric: bool, multilabel: bool, n_classes: int | None) -> str:
+    """The task a target suggests when the spec names none: strings are classes, 0/1
+    columns multilabel, a few integral labels classes, anything else regression."""
+    if not numeric:
+        return "classification"
+    if multilabel:
+        return "multilabel"
+    if n_classes is not None and n_classes <= _MAX_DEFAULT_CLASSES:
+        return "classification"
+    return "regression"
+
+
 def describe(data: LoadedData, *, default_task: str | None = None) -> DatasetInfo:
     """What resolve_spec needs to know: sizes, classes, and the task the target suggests."""
     x, y = data.x, data.y
@@ -630,14 +643,8 @@ def describe(data: LoadedData, *, default_task: str | None = None) -> DatasetInf
     multilabel = (y.ndim == 2 and numeric and y.size > 0
                   and bool(np.isin(y, (0, 1)).all()))
     if default_task is None:
-        if not numeric:
-            default_task = "classification"
-        elif multilabel:
-            default_task = "multilabel"
-        elif labels is not None and len(labels) <= _MAX_DEFAULT_CLASSES:
-            default_task = "classification"
-        else:
-            default_task = "regression"
+        default_task = infer_task(numeric=numeric, multilabel=multilabel,
+                                  n_classes=None if labels is None else len(labels))
     return DatasetInfo(n_rows=int(x.shape[0]), n_features=int(x.shape[1]), n_outputs=n_outputs,
                        n_classes=None if labels is None else len(labels), class_labels=labels,
                        target_numeric=numeric, multilabel=multilabel, default_task=default_task)

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from mlp_engine.data import builtin_info, describe, load_inline
+from mlp_engine.data import builtin_info, describe, infer_task, load_inline
 from mlp_engine.registry import ACTIVATIONS
 from mlp_engine.spec import DatasetInfo, JobSpec, Limits, resolve_spec
 from mlp_engine.theory import (
@@ -47,18 +47,8 @@ class Resolved:
 def dataset_info(row: Dataset) -> DatasetInfo:
     """A stored dataset's description, as `mlp_engine.data.describe` gave it at upload."""
     labels = tuple(row.class_labels) if row.class_labels is not None else None
-    default_task = getattr(row, "default_task", None)
-    if not default_task:
-        # the same rule as describe(): strings are classes, 0/1 columns multilabel, a few
-        # integral labels classes, anything else regression
-        if not row.target_numeric:
-            default_task = "classification"
-        elif row.multilabel:
-            default_task = "multilabel"
-        elif row.n_classes is not None and row.n_classes <= 20:
-            default_task = "classification"
-        else:
-            default_task = "regression"
+    default_task = infer_task(numeric=row.target_numeric, multilabel=row.multilabel,
+                              n_classes=row.n_classes)
     return DatasetInfo(n_rows=row.n_rows, n_features=row.n_features, n_outputs=row.n_outputs,
                        n_classes=row.n_classes, class_labels=labels,
                        target_numeric=row.target_numeric, multilabel=row.multilabel,

@@ -174,8 +174,6 @@ async def upload(request: Request, response: Response, services: ServicesDep,
             multilabel=info.multilabel, bytes=received.nbytes, stored_bytes=charged,
             sha256=received.sha256,
             uri=key, created_at=utcnow())
-        if hasattr(Dataset, "default_task"):
-            row.default_task = info.default_task  # type: ignore[attr-defined]
 
         def store() -> None:
             try:
