@@ -36,10 +36,15 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery
 from kombu import Queue
 
-__all__ = ["TRAIN_TASK", "QUEUES", "celery_url", "make_celery", "describe"]
+__all__ = ["TRAIN_TASK", "QUEUES", "PRIORITY_LEVELS", "PRIORITY_SEP", "celery_url",
+           "make_celery", "describe", "queue_keys"]
 
 TRAIN_TASK = "worker.tasks.train_job"
 QUEUES = ("cpu", "gpu")
+# message priorities on Redis: 0 (first) to PRIORITY_LEVELS - 1; level p > 0 of queue q is
+# the Redis list f"{q}{PRIORITY_SEP}{p}", level 0 the list q itself
+PRIORITY_LEVELS = 10
+PRIORITY_SEP = ":"
 # a message may wait in the broker for as long as the longest job runs, and more
 VISIBILITY_MARGIN_S = 3600
 
@@ -51,6 +56,11 @@ def celery_url(redis_url: str) -> str:
         return redis_url
     db = parse_qs(parts.query).get("db", ["0"])[0]
     return f"redis+socket://{parts.path}?virtual_host={db}"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold `queue`'s messages, one per priority level, first first."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in range(PRIORITY_LEVELS)]
 
 
 def make_celery(redis_url: str, *, include: Iterable[str] = (),
@@ -72,7 +82,10 @@ def make_celery(redis_url: str, *, include: Iterable[str] = (),
         # the database holds every outcome; nobody reads task results
         task_ignore_result=True,
         result_expires=3600,
-        broker_transport_options={"visibility_timeout": visibility},
+        # priorities (messaging.queues.fair_priority): one Redis list per level, 0 first
+        broker_transport_options={"visibility_timeout": visibility,
+                                  "priority_steps": list(range(PRIORITY_LEVELS)),
+                                  "sep": PRIORITY_SEP, "queue_order_strategy": "priority"},
         result_backend_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -1,23 +1,37 @@
 """Sending a job to its queue, and which queue that is (cpu or gpu, by the job's device and
-the GPU workers alive)."""
+the GPU workers alive).
+
+Fairness between tenants: a job's message carries a priority from the number of the same
+tenant's jobs queued or running ahead of it (`fair_priority`: 0, 1, 2-3, 4-7, ... ahead →
+levels 0, 1, 2, 3, ...). A tenant's first job goes ahead of another tenant's tenth, so one
+tenant's hundred queued jobs cannot hold the queue; the workers take level 0 first, and
+within a level, the oldest message.
+"""
 
 from __future__ import annotations
 
 import redis as redis_lib
 from celery import Celery
 
-from .celery_factory import QUEUES, TRAIN_TASK
+from .celery_factory import PRIORITY_LEVELS, QUEUES, TRAIN_TASK
 from .live_events import queued_key, redis_from_url
 
-__all__ = ["enqueue_job", "queue_for_device", "gpu_worker_alive", "gpu_worker_key",
+__all__ = ["enqueue_job", "fair_priority", "queue_for_device", "gpu_worker_alive", "gpu_worker_key",
            "gpu_worker_known_absent"]
 
 GPU_WORKER_PREFIX = "mlp:workers:gpu:"
 
 
+def fair_priority(ahead: int) -> int:
+    """The priority level of a tenant's job with `ahead` of its jobs queued or running
+    before it: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ..., capped at the last level."""
+    return min(PRIORITY_LEVELS - 1, max(0, ahead).bit_length())
+
+
 def enqueue_job(celery: Celery, job_id: str, queue: str, *,
-                redis: redis_lib.Redis | None = None) -> None:
-    """Send `worker.tasks.train_job(job_id)` to `queue` ("cpu" or "gpu").
+                redis: redis_lib.Redis | None = None, priority: int = 0) -> None:
+    """Send `worker.tasks.train_job(job_id)` to `queue` ("cpu" or "gpu") at `priority`
+    (0 first; see fair_priority).
 
     Also sets `mlp:jobs:<id>:queued`, so that recover_jobs can tell a message that waits
     in the broker from one that Redis has lost.
@@ -30,7 +44,8 @@ def enqueue_job(celery: Celery, job_id: str, queue: str, *,
     try:
         ttl = int(celery.conf.broker_transport_options.get("visibility_timeout", 90_000))
         redis.set(queued_key(job_id), queue, ex=ttl)
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue, routing_key=queue)
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue, routing_key=queue,
+                         priority=min(max(0, priority), PRIORITY_LEVELS - 1))
     finally:
         if own:
             redis.close()

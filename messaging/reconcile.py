@@ -15,12 +15,12 @@ from celery import Celery
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from store.jobs import finish_job
+from store.jobs import finish_job, jobs_ahead
 from store.models import Job, JobStatus, utcnow
 
 from .celery_factory import QUEUES
 from .live_events import publish_status, queued_key
-from .queues import enqueue_job
+from .queues import enqueue_job, fair_priority
 
 __all__ = ["recover_jobs", "RECOVER_LOCK"]
 
@@ -74,7 +74,7 @@ def recover_jobs(
                 continue  # a message is waiting in the broker
             log.info("re-queueing %s job %s on %s", job.status, job.id, job.queue)
             enqueue_job(celery, job.id, job.queue if job.queue in QUEUES else "cpu",
-                        redis=redis)
+                        redis=redis, priority=fair_priority(jobs_ahead(session, job)))
             job.enqueued_at = now
             session.commit()
             counts["requeued"] += 1

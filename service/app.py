@@ -18,7 +18,7 @@ import redis
 import redis.asyncio
 from fastapi import FastAPI
 
-from messaging.celery_factory import make_celery
+from messaging.celery_factory import make_celery, queue_keys
 from store.artifacts import ArtifactStore
 from store.db import init_db, make_engine, make_session_factory
 from store.jobs import count_by_status
@@ -89,8 +89,10 @@ def _start(settings: Settings, observability: Observability) -> Services:
     def queue_depths() -> dict[str, int]:
         pipe = client.pipeline(transaction=False)
         for queue in QUEUES:
-            pipe.llen(queue)
-        return dict(zip(QUEUES, (int(n) for n in pipe.execute()), strict=True))
+            for key in queue_keys(queue):  # one list per priority level
+                pipe.llen(key)
+        lengths = iter(int(n) for n in pipe.execute())
+        return {queue: sum(next(lengths) for _ in queue_keys(queue)) for queue in QUEUES}
 
     observability.add_state(jobs_by_status=jobs_by_status, queue_depths=queue_depths)
     return Services(

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from mlp_engine.metric_table import METRICS, is_better
 
@@ -33,6 +33,7 @@ __all__ = [
     "get_job",
     "get_job_for_tenant",
     "could_be_id",
+    "jobs_ahead",
     "list_jobs",
     "claim_job",
     "renew_lease",
@@ -170,6 +171,15 @@ def _insert_checked(session: Session, job: Job, *, max_active: int | None) -> No
     session.commit()
 
 
+def jobs_ahead(session: Session, job: Job) -> int:
+    """How many of the same tenant's jobs, queued or running, were created before this one
+    (its place in its tenant's line; messaging.queues.fair_priority makes it a priority)."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == job.tenant_id, Job.status.in_(ACTIVE), Job.id != job.id,
+        or_(Job.created_at < job.created_at,
+            and_(Job.created_at == job.created_at, Job.id < job.id)))) or 0
+
+
 def could_be_id(value: str) -> bool:
     """Whether a string could be one of our ids (`new_id`): anything else is not found,
     without asking the database (PostgreSQL refuses a NUL character with an error)."""
@@ -244,6 +254,7 @@ def claim_job(
     lease_s: float,
     max_attempts: int = 3,
     take_over_from: str | None = None,
+    max_running_per_tenant: int | None = None,
     now: datetime | None = None,
 ) -> Job | None:
     """Take the job for this worker, in one conditional UPDATE; None when not claimable.
@@ -252,13 +263,26 @@ def claim_job(
     resumes from the last checkpoint), or running under `take_over_from` (a worker known to
     be dead). Each claim counts an attempt; a job that would need more than `max_attempts`
     fails instead. A job with a live lease, a terminal job and a cancelling or cancelled job
-    answer None.
+    answer None. With `max_running_per_tenant`, a queued job stays queued (None) while its
+    tenant has that many jobs running: the count is part of the UPDATE, under the tenant's
+    row lock, so concurrent claims cannot pass it.
     """
     now = now or utcnow()
     claimable = _claimable(now)
     if take_over_from is not None:
         claimable = or_(claimable, and_(Job.status == JobStatus.RUNNING,
                                         Job.worker_id == take_over_from))
+    if max_running_per_tenant is not None:
+        tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+        if tenant_id is not None:
+            lock_row(session, Tenant, tenant_id)
+            others = aliased(Job)
+            running = select(func.count()).select_from(others).where(
+                others.tenant_id == tenant_id,
+                others.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING))
+            ).scalar_subquery()
+            claimable = and_(claimable, or_(Job.status != JobStatus.QUEUED,
+                                            running < max_running_per_tenant))
     claimed = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable, Job.attempts < max_attempts)

@@ -84,6 +84,12 @@ class CommonSettings(BaseSettings):
     lease_seconds: float = Field(
         default=60.0, ge=2, le=86_400,
         validation_alias=AliasChoices("MLP_LEASE_SECONDS", "lease_seconds"))
+    max_running_jobs_per_tenant: int = Field(
+        default=0, ge=0,
+        validation_alias=AliasChoices("MLP_MAX_RUNNING_JOBS_PER_TENANT",
+                                      "max_running_jobs_per_tenant"),
+        description="jobs of one tenant that train at once across all workers; its other "
+                    "jobs wait, queued, behind other tenants' jobs; 0: no limit")
     key_hash_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("MLP_KEY_HASH_SECRET", "key_hash_secret"),

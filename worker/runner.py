@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ class WorkerContext:
     artifacts: ArtifactStore
     worker_id: str
     num_threads: int | None = None
+    _sender: Any = None
+
+    def sender(self) -> Any:
+        """A Celery app that only sends (a deferred job's message), made on first use."""
+        if self._sender is None:
+            from messaging.celery_factory import make_celery
+
+            assert self.settings.redis_url, "sending needs REDIS_URL"
+            self._sender = make_celery(self.settings.redis_url,
+                                       max_runtime_s=self.settings.max_runtime_s)
+        return self._sender
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> WorkerContext:
@@ -87,7 +99,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
     claimed_at = utcnow()
     with ctx.session_factory() as session:
         job = claim_job(session, job_id, worker_id=ctx.worker_id, lease_s=s.lease_seconds,
-                        max_attempts=s.max_attempts)
+                        max_attempts=s.max_attempts,
+                        max_running_per_tenant=s.max_running_jobs_per_tenant or None)
         if job is None:
             current = get_job(session, job_id)
             if current is not None and current.status == JobStatus.RUNNING and \
@@ -104,6 +117,10 @@ def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
             if current is None:
                 log.warning("job %s does not exist (deleted?); nothing to do", job_id)
                 return {"job_id": job_id, "status": "missing"}
+            if current.status == JobStatus.QUEUED:
+                # its tenant runs MLP_MAX_RUNNING_JOBS_PER_TENANT jobs already
+                _defer(ctx, current)
+                return {"job_id": job_id, "status": "deferred", "claimed": False}
             if current.status in TERMINAL and current.finished_at is not None and \
                     as_utc(current.finished_at) >= claimed_at:
                 _publish(ctx, current)  # the claim itself ended it (attempts, cancel)
@@ -119,6 +136,25 @@ def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
     finally:
         heartbeat.stop()
     return {"job_id": job_id, "status": status}
+
+
+DEFER_S = 1.0  # between two looks at a job whose tenant is at its running limit
+
+
+def _defer(ctx: WorkerContext, job: Job) -> None:
+    """Send the job's message again, at the last priority level, after a pause: other
+    tenants' jobs go first, and a worker with nothing else to do does not spin."""
+    from messaging.celery_factory import PRIORITY_LEVELS
+    from messaging.queues import enqueue_job
+
+    log.info("job %s waits: its tenant runs as many jobs as MLP_MAX_RUNNING_JOBS_PER_TENANT "
+             "allows", job.id)
+    time.sleep(DEFER_S)
+    try:
+        enqueue_job(ctx.sender(), job.id, job.queue or "cpu", redis=ctx.redis,
+                    priority=PRIORITY_LEVELS - 1)
+    except (redis_lib.RedisError, OSError) as exc:  # kombu raises OSError subclasses too
+        log.warning("job %s: could not queue it again (%s); the reconciler will", job.id, exc)
 
 
 def make_worker_id() -> str:

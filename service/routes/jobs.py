@@ -15,13 +15,19 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from messaging.live_events import publish_status, set_cancel_flag
-from messaging.queues import enqueue_job, gpu_worker_known_absent, queue_for_device
+from messaging.queues import (
+    enqueue_job,
+    fair_priority,
+    gpu_worker_known_absent,
+    queue_for_device,
+)
 from mlp_engine.spec import JobSpec
 from store.idempotency import replayed
 from store.jobs import (
     create_job,
     delete_job,
     get_metrics,
+    jobs_ahead,
     list_jobs,
     mark_enqueued,
     request_cancel,
@@ -126,7 +132,8 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
     # the answer shows the job as created (queued): a fast worker may already have it
     public = _public(job)
     try:
-        enqueue_job(services.celery, job.id, queue, redis=services.redis)
+        enqueue_job(services.celery, job.id, queue, redis=services.redis,
+                    priority=fair_priority(jobs_ahead(session, job)))
     except Exception as exc:  # kombu and redis-py raise several kinds when Redis is away
         log.warning("job %s stored but not queued: %s", job.id, exc)
         raise Unavailable(

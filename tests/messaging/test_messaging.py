@@ -99,10 +99,12 @@ def test_recover_jobs_requeues_what_redis_lost(session_factory, tenant, celery, 
         jobs.claim_job(s, stopping.id, worker_id="gone", lease_s=1, now=past)
         jobs.request_cancel(s, s.get(Job, stopping.id))
 
-    redis_client.delete("cpu")
+    redis_client.delete(*celery_factory.queue_keys("cpu"))
     counts = reconcile.recover_jobs(session_factory, redis_client, celery, grace_s=10)
     assert counts == {"requeued": 2, "cancelled": 1}
-    queued = [json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange("cpu", 0, -1)]
+    queued = [json.loads(m)["headers"]["argsrepr"]
+              for key in celery_factory.queue_keys("cpu")
+              for m in redis_client.lrange(key, 0, -1)]
     assert any(lost.id in q for q in queued) and any(dead.id in q for q in queued)
     assert not any(waiting.id in q for q in queued)
     with session_factory() as s:
@@ -110,4 +112,16 @@ def test_recover_jobs_requeues_what_redis_lost(session_factory, tenant, celery, 
     # running it again does not queue duplicates: the markers say the messages wait
     assert reconcile.recover_jobs(session_factory, redis_client, celery, grace_s=10) == {
         "requeued": 0, "cancelled": 0}
-    redis_client.delete("cpu")
+    redis_client.delete(*celery_factory.queue_keys("cpu"))
+
+
+def test_fair_priorities_and_their_lists(celery, redis_client):
+    assert [queues.fair_priority(n) for n in (0, 1, 2, 3, 4, 7, 8, 100, 10**6)] == \
+        [0, 1, 2, 2, 3, 3, 4, 7, 9]
+    keys = celery_factory.queue_keys("cpu")
+    assert keys[0] == "cpu" and keys[3] == "cpu:3" and len(keys) == 10
+    redis_client.delete(*keys)
+    queues.enqueue_job(celery, "job_p0", "cpu", redis=redis_client)
+    queues.enqueue_job(celery, "job_p3", "cpu", redis=redis_client, priority=3)
+    assert redis_client.llen("cpu") == 1 and redis_client.llen("cpu:3") == 1
+    redis_client.delete(*keys)

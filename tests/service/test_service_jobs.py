@@ -14,7 +14,10 @@ SPEC = {"dataset": {"builtin": "iris"}, "training": {"epochs": 2}}
 def _queue_holds(redis_url: str, queue: str, job_id: str) -> bool:
     client = redis.Redis.from_url(redis_url)
     try:
-        return any(job_id.encode() in m for m in client.lrange(queue, 0, -1))
+        from messaging.celery_factory import queue_keys
+
+        return any(job_id.encode() in m for key in queue_keys(queue)
+                   for m in client.lrange(key, 0, -1))
     finally:
         client.close()
 

@@ -183,3 +183,47 @@ def test_finish_with_weights_and_error(db_session, tenant):
     jobs.finish_job(db_session, job2.id, "failed", error=("diverged", "loss became NaN at epoch 7"))
     assert JobPublic.from_row(jobs.get_job(db_session, job2.id)).model_dump(mode="json")["error"] == {
         "type": "diverged", "message": "loss became NaN at epoch 7"}
+
+
+def test_claims_respect_the_running_limit_per_tenant(session_factory, db_session, tenant):
+    import threading
+
+    from store.keys import get_or_create_tenant
+
+    mine = [new_job(db_session, tenant) for _ in range(4)]
+    other = get_or_create_tenant(db_session, f"other-{tenant.id}")
+    theirs = new_job(db_session, other)
+    results: list[object] = [None] * len(mine)
+    barrier = threading.Barrier(len(mine))
+
+    def claim(i: int) -> None:
+        with session_factory() as s:
+            barrier.wait()
+            results[i] = jobs.claim_job(s, mine[i].id, worker_id=f"w{i}", lease_s=30,
+                                        max_running_per_tenant=2)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(mine))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    claimed = [r for r in results if r is not None]
+    assert len(claimed) == 2, results
+    # the others stay queued (nothing counted against their attempts) ...
+    waiting = [j for j, r in zip(mine, results, strict=True) if r is None]
+    for job in waiting:
+        row = jobs.get_job(db_session, job.id)
+        assert row.status == "queued" and row.attempts == 0
+    # ... another tenant is not held back, and a finished job frees a place
+    assert jobs.claim_job(db_session, theirs.id, worker_id="x", lease_s=30,
+                          max_running_per_tenant=2) is not None
+    jobs.finish_job(db_session, claimed[0].id, "succeeded")
+    assert jobs.claim_job(db_session, waiting[0].id, worker_id="y", lease_s=30,
+                          max_running_per_tenant=2) is not None
+
+
+def test_jobs_ahead_counts_the_tenants_earlier_active_jobs(db_session, tenant):
+    made = [new_job(db_session, tenant) for _ in range(3)]
+    assert [jobs.jobs_ahead(db_session, j) for j in made] == [0, 1, 2]
+    jobs.request_cancel(db_session, made[0])
+    assert jobs.jobs_ahead(db_session, made[2]) == 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,26 +80,21 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def celery_worker(database_url, redis_url, tmp_path_factory):
+@contextlib.contextmanager
+def running_celery_worker(database_url: str, redis_url: str, data_dir: Path,
+                          **extra_env: str) -> Iterator[dict]:
     """`celery -A worker.celery_app worker -Q cpu -c 1 --pool prefork` as a subprocess,
-    with the test's Redis, database and data directory; stopped (by its own process group)
-    at the end. Yields the environment it runs with."""
-    import redis
-
-    from store.db import init_db
-
-    init_db(database_url)
-    data_dir = tmp_path_factory.mktemp("worker-data")
+    with the given Redis, database and data directory; stopped (by its own process group)
+    at the end. Yields the environment it runs with, its log and its process."""
     env = {**os.environ,
            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
            "MLP_DATA_DIR": str(data_dir), "MLP_ARTIFACTS_URL": str(data_dir / "artifacts"),
            "MLP_WORKER_THREADS": "1", "MLP_LEASE_SECONDS": "10",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                       os.environ.get("PYTHONPATH")]))}
-    client = redis.Redis.from_url(redis_url)
-    client.delete("cpu", "gpu")  # no stray messages from other tests
-    log_path = data_dir / "worker.log"
+                                                       os.environ.get("PYTHONPATH")])),
+           **extra_env}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu",
@@ -120,5 +117,29 @@ def celery_worker(database_url, redis_url, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started
                 proc.wait()
-        client.delete("cpu", "gpu")
+
+
+def clear_queues(client) -> None:
+    """Remove every message of the cpu and gpu queues, at every priority level."""
+    from messaging.celery_factory import QUEUES, queue_keys
+
+    client.delete(*[key for queue in QUEUES for key in queue_keys(queue)])
+
+
+@pytest.fixture(scope="module")
+def celery_worker(database_url, redis_url, tmp_path_factory):
+    """A real Celery worker process for the module (see running_celery_worker)."""
+    import redis
+
+    from store.db import init_db
+
+    init_db(database_url)
+    client = redis.Redis.from_url(redis_url)
+    clear_queues(client)  # no stray messages from other tests
+    try:
+        with running_celery_worker(database_url, redis_url,
+                                   tmp_path_factory.mktemp("worker-data")) as worker:
+            yield worker
+    finally:
+        clear_queues(client)
         client.close()
