@@ -22,14 +22,22 @@ RUN groupadd --system --gid 10001 mlp \
 
 WORKDIR /app
 
-# torch first, in a layer of its own: the largest dependency and the one that changes least
+# torch first, in a layer of its own: the largest dependency and the one that changes least.
+# Its version is written once, in requirements/torch.lock: the CPU build, hash-checked, from
+# PyTorch's index; or PyPI's build of the same version, which bundles CUDA (no lock has it).
+COPY requirements/torch.lock ./requirements/
 RUN case "$TORCH_VARIANT" in \
-      cpu)  pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu ;; \
-      cuda) pip install torch==2.13.0 ;; \
+      cpu)  pip install --require-hashes --no-deps --index-url https://download.pytorch.org/whl/cpu \
+              -r requirements/torch.lock ;; \
+      cuda) pip install "torch==$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' requirements/torch.lock)" ;; \
       *)    echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac
 
-# then the project; pip keeps the torch above (it satisfies the project's torch range)
+# then the rest of what the `server` extra needs, every version and file from the locks
+COPY requirements ./requirements
+RUN pip install --require-hashes -r requirements/server.lock
+
+# and the project itself, whose dependencies are all there now
 COPY pyproject.toml ./
 COPY mlp_engine ./mlp_engine
 COPY store ./store
@@ -37,8 +45,8 @@ COPY messaging ./messaging
 COPY service ./service
 COPY worker ./worker
 COPY mlpctl ./mlpctl
-RUN pip install . \
- && python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+RUN pip install --no-deps . \
+ && pip check
 
 USER mlp
 VOLUME ["/data"]

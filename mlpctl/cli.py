@@ -28,6 +28,10 @@ from store.status import TERMINAL, JobStatus
 __all__ = ["main", "build_parser", "celery_worker_argv"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# the extra each server command needs; `pip install mlp-training-service` alone brings the
+# engine and the client commands (jobs, datasets)
+SERVER_EXTRAS = {"standalone": "standalone", "api": "server", "worker": "server", "keys": "server"}
+OUR_PACKAGES = {"mlp_engine", "store", "messaging", "service", "worker", "mlpctl"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -71,13 +75,20 @@ def cmd_standalone(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     _use_data_dir(args.data_dir)
-    import uvicorn
+    from service.server import serve
+    from service.settings import ConfigError, Settings
 
+    try:
+        settings = Settings.load()  # the app reads it again; here to fail before serving
+    except ConfigError as exc:
+        raise SystemExit(f"mlpctl api: {exc}") from None
     # (the app migrates the database to the latest schema as it starts)
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True,
-                # event streams stay open; do not let them hold a shutdown forever
-                timeout_graceful_shutdown=5)
+    serve(host=args.host, port=args.port, log_level=args.log_level,
+          header_timeout_s=settings.header_timeout_s,
+          body_idle_timeout_s=settings.body_idle_timeout_s,
+          max_connections=settings.max_connections, proxy_headers=True,
+          # event streams stay open; do not let them hold a shutdown forever
+          timeout_graceful_shutdown=5)
     return 0
 
 
@@ -121,6 +132,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         os.environ.pop("MLP_WORKER_QUEUES", None)
     os.environ["MLP_WORKER_CONCURRENCY"] = str(args.concurrency)
+    import celery  # noqa: F401  (missing: say which extra here, not in the exec'd process)
+
     argv = celery_worker_argv(queues=queues, concurrency=args.concurrency,
                               loglevel=args.loglevel, hostname=args.hostname)
     sys.stdout.flush()
@@ -346,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `mlpctl jobs list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except ModuleNotFoundError as exc:
+        extra = SERVER_EXTRAS.get(args.command)
+        if extra is None or (exc.name or "").split(".")[0] in OUR_PACKAGES:
+            raise
+        print(f"mlpctl {args.command}: needs the '{extra}' extra (no module named "
+              f"{exc.name!r}): pip install 'mlp-training-service[{extra}]'", file=sys.stderr)
+        return 1
     except Exception as exc:
         message = _client_error(exc, args)
         if message is None:

@@ -10,7 +10,13 @@ database, so two runs on the same machine never collide; all of it is cleaned up
   (a new `mlp_test_<random>` database on that server, dropped at the end), else a SQLite
   file. Parametrise it indirectly with "sqlite" or "postgresql" to pick the backend
   (`@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)`);
-  "postgresql" is skipped when no server answers.
+  such a "postgresql" test is marked `postgres` here.
+- Servers that were promised must answer: with `REDIS_URL`, `MLP_TEST_POSTGRES_URL` or a
+  PostgreSQL `DATABASE_URL` in the environment (as CI sets them), a test that needs that
+  server fails when it does not answer. Without them, PostgreSQL tests use the local default
+  server and are skipped when it does not answer, unless `MLP_REQUIRE_POSTGRES=1`; in that
+  case, or with a PostgreSQL `DATABASE_URL`, a `postgres` test skipped before it ran (by a
+  fixture or a skip mark) fails the run.
 - `data_dir`: an empty temporary data directory per test.
 - `settings_env`: the environment (`MLP_DATA_DIR`, `DATABASE_URL`, `REDIS_URL`,
   `MLP_ARTIFACTS_URL`) pointing at the three above, for code that reads its settings.
@@ -33,6 +39,44 @@ import pytest
 
 REDIS_LOCK_TTL_S = 3600
 DEFAULT_TEST_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+# --------------------------------------------------------------------------- no silent skips
+
+
+_POSTGRES_SKIPS: list[tuple[str, str]] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # a test on the "postgresql" backend needs the server, whether its author marked it or not
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # skipped while setting up (a fixture or a skip mark): PostgreSQL was not there. A test
+    # that ran and skipped itself ("SQLite only") decided it does not apply: not counted.
+    if (report.skipped and report.when == "setup" and "postgres" in report.keywords
+            and not hasattr(report, "wasxfail")):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _POSTGRES_SKIPS.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # CI promised PostgreSQL: a run that skipped a test needing it is not a green run
+    if _POSTGRES_SKIPS and _postgres_required() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _POSTGRES_SKIPS and _postgres_required():
+        terminalreporter.section("skipped PostgreSQL tests fail this run", sep="=", red=True)
+        for nodeid, reason in _POSTGRES_SKIPS:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason}")
+        terminalreporter.line("(MLP_REQUIRE_POSTGRES=1 or a PostgreSQL DATABASE_URL: every "
+                              "test marked `postgres` must run)")
 
 
 # --------------------------------------------------------------------------- Redis
@@ -69,7 +113,11 @@ def redis_url() -> Iterator[str]:
 
     env_url = os.environ.get("REDIS_URL")
     if env_url:
-        n, token = _lock_free_db(env_url)
+        try:
+            n, token = _lock_free_db(env_url)
+        except redis.RedisError as exc:
+            pytest.fail(f"REDIS_URL={env_url} does not answer ({exc}); CI promised that "
+                        "server, so tests that need it fail", pytrace=False)
         url = _with_db(env_url, n)
         client = redis.Redis.from_url(url)
         client.flushdb()
@@ -132,17 +180,32 @@ def redis_client(redis_url: str) -> Iterator[object]:
 # --------------------------------------------------------------------------- SQL
 
 
+def _postgres_required() -> bool:
+    """Whether this run was promised a PostgreSQL server (CI), so no test may skip it."""
+    return (os.environ.get("MLP_REQUIRE_POSTGRES") == "1"
+            or os.environ.get("DATABASE_URL", "").startswith("postgres"))
+
+
 def _postgres_admin_url() -> str | None:
-    """A PostgreSQL URL to create test databases on, or None when none answers."""
+    """A PostgreSQL URL to create test databases on: `MLP_TEST_POSTGRES_URL` or a PostgreSQL
+    `DATABASE_URL` when given (the test fails when it does not answer), else the local
+    default server when it answers, else None."""
     env = os.environ.get("DATABASE_URL", "")
-    candidates = [os.environ.get("MLP_TEST_POSTGRES_URL", "")]
-    if env.startswith("postgres"):
-        candidates.append(env)
-    candidates.append(DEFAULT_TEST_POSTGRES)
-    for url in candidates:
-        if url and _postgres_answers(url):
-            return url
+    given = os.environ.get("MLP_TEST_POSTGRES_URL") or (env if env.startswith("postgres") else "")
+    url = given or DEFAULT_TEST_POSTGRES
+    error = _postgres_error(url)
+    if error is None:
+        return url
+    if given or _postgres_required():
+        pytest.fail(f"PostgreSQL at {_shown(url)} does not answer ({error}); this run was "
+                    "promised that server, so tests that need it fail", pytrace=False)
     return None
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _psycopg_conninfo(url: str) -> str:
@@ -161,15 +224,16 @@ def _psycopg_conninfo(url: str) -> str:
     return " ".join(parts) + " connect_timeout=3"
 
 
-def _postgres_answers(url: str) -> bool:
-    try:
-        import psycopg
+def _postgres_error(url: str) -> str | None:
+    """None when the server at `url` answers, else why not."""
+    import psycopg
 
+    try:
         with psycopg.connect(_psycopg_conninfo(url), autocommit=True) as conn:
             conn.execute("SELECT 1")
-        return True
-    except Exception:
-        return False
+    except psycopg.Error as exc:
+        return str(exc).strip() or type(exc).__name__
+    return None
 
 
 def _sqlalchemy_pg_url(url: str, database: str) -> str:
@@ -195,7 +259,8 @@ def database_url(request: pytest.FixtureRequest,
 
     admin_url = _postgres_admin_url()
     if admin_url is None:
-        pytest.skip("no PostgreSQL server answers (set MLP_TEST_POSTGRES_URL)")
+        pytest.skip(f"no PostgreSQL server answers at {_shown(DEFAULT_TEST_POSTGRES)} "
+                    "(set MLP_TEST_POSTGRES_URL or DATABASE_URL)")
     import psycopg
 
     name = f"mlp_test_{uuid.uuid4().hex[:12]}"

@@ -146,14 +146,25 @@ def test_dockerfile_builds_the_image_compose_expects() -> None:
     assert any(i == "ARG" and a.startswith("TORCH_VARIANT") for i, a in steps)
 
     runs = [(n, a) for n, (i, a) in enumerate(steps) if i == "RUN"]
-    torch_step = next(n for n, a in runs if "torch==2.13.0" in a)
+    copies = {a.split()[0]: n for n, (i, a) in enumerate(steps) if i == "COPY"}
+    # torch first, from the one file that pins it: the CPU build from PyTorch's index,
+    # hash-checked, or (TORCH_VARIANT=cuda) PyPI's build of the same version
+    torch_step = next(n for n, a in runs if "requirements/torch.lock" in a)
     torch_run = steps[torch_step][1]
+    assert "--require-hashes" in torch_run
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_run
     assert "TORCH_VARIANT" in torch_run and "cuda" in torch_run
-    project_step = next(n for n, a in runs if re.search(r"pip install (\.|\. )", a + " "))
-    assert torch_step < project_step, "torch must be installed before the project"
-    assert not re.search(r"torch(?!==2\.13\.0)[=<>~]", " ".join(a for _, a in runs)), \
-        "torch is pinned to 2.13.0 everywhere"
+    assert copies["requirements/torch.lock"] < torch_step
+    assert not re.search(r"torch\s*[=<>~]=?\s*\d", DOCKERFILE.read_text()), \
+        "the torch version is written in requirements/torch.lock only"
+    # then the server extra's locked dependencies, not the test tools
+    deps_step = next(n for n, a in runs if "requirements/server.lock" in a)
+    assert "--require-hashes" in steps[deps_step][1]
+    assert "test.lock" not in DOCKERFILE.read_text() and "[test]" not in DOCKERFILE.read_text()
+    assert copies["requirements"] < deps_step
+    # and the project, with no dependency left to fetch
+    project_step = next(n for n, a in runs if re.search(r"pip install --no-deps \.(\s|$)", a))
+    assert torch_step < deps_step < project_step, "torch, then the locks, then the project"
 
     # every package pyproject.toml installs is copied in before `pip install .`
     copied = {a.split()[0] for n, (i, a) in enumerate(steps) if i == "COPY" and n < project_step}
@@ -162,7 +173,7 @@ def test_dockerfile_builds_the_image_compose_expects() -> None:
     for package in packages:
         assert package in copied, f"the Dockerfile does not COPY {package}"
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert not (packages | {"pyproject.toml"}) & set(ignored)
+    assert not (packages | {"pyproject.toml", "requirements"}) & set(ignored)
 
     users = [a for i, a in steps if i == "USER"]
     assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
