@@ -98,10 +98,12 @@ def test_docker_compose_accepts_the_file(gpu: bool, tmp_path: Path) -> None:
 
 def test_compose_services_and_wiring() -> None:
     svc = services()
-    assert {"api", "worker", "redis", "postgres", "flower"} <= set(svc)
+    assert {"proxy", "api", "worker", "redis", "postgres", "flower"} <= set(svc)
     api, worker = svc["api"], svc["worker"]
 
-    assert api["command"][:1] == ["api"] and "8000:8000" in api["ports"]
+    # the API listens on 8000 inside; the proxy publishes it (tests/deploy/test_proxy.py)
+    assert api["command"][:1] == ["api"] and "8000" in api["command"]
+    assert svc["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert worker["command"][:1] == ["worker"]
     assert worker["command"][worker["command"].index("--queues") + 1] == "cpu"
     for s in (api, worker):

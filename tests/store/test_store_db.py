@@ -42,14 +42,3 @@ def test_concurrent_init_db_does_not_fail(database_url):
     for t in threads:
         t.join()
     assert errors == []
-
-
-def test_sqlite_pragmas(migrated_db):
-    engine = make_engine(migrated_db)
-    with engine.connect() as conn:
-        if engine.dialect.name != "sqlite":
-            pytest.skip("SQLite only")
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
-    engine.dispose()
