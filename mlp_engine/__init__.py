@@ -3,8 +3,9 @@
     from mlp_engine import JobSpec, fit, load_model
     result = fit(JobSpec.model_validate({"dataset": {"builtin": "digits"}}))
 
-The spec, registry, metric_table and theory modules import no torch; the names that need torch are
-loaded on first use, so a process that only validates specs (the API) starts fast.
+The spec, registry, metric_table, theory and memory modules import no torch; the names that
+need torch are loaded on first use, so a process that only validates specs (the API) starts
+fast.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "exact_parameter_count", "parameter_count_formula", "linear_region_bounds",
     "single_layer_regions", "montufar_lower_bound",
     "load_dataset", "read_table",
+    "estimate_training_memory", "MemoryEstimate",
     "MLPEngineError",
 ]
 
@@ -37,6 +39,7 @@ _WHERE = {
     "linear_region_bounds": "theory", "single_layer_regions": "theory",
     "montufar_lower_bound": "theory",
     "load_dataset": "data", "read_table": "data",
+    "estimate_training_memory": "memory", "MemoryEstimate": "memory",
     "MLPEngineError": "errors",
 }
 
