@@ -27,6 +27,7 @@ __all__ = [
     "DatasetPublic",
     "DatasetList",
     "ValidateResult",
+    "MemoryEstimatePublic",
     "LinearRegionsBound",
     "ParameterCountFormula",
     "PredictRequest",
@@ -256,7 +257,17 @@ class ValidateResult(BaseModel):
         default=None, description="the formula and the values it was evaluated at")
     linear_regions_bound: LinearRegionsBound | None = Field(
         default=None, description="for piecewise-linear activations only")
+    memory_estimate: MemoryEstimatePublic | None = Field(
+        default=None, description="the job's estimated peak training memory; over the "
+                                  "limit max_job_memory_bytes a job is refused")
     device_queue: str | None = None
+
+
+class MemoryEstimatePublic(BaseModel):
+    bytes: int = Field(description="estimated peak while training, in bytes")
+    summary: str
+    breakdown: dict[str, int] = Field(description="bytes per term (parameters, activations, "
+                                                  "loss buffers, data, ...)")
 
 
 # --------------------------------------------------------------------------- predictions

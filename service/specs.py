@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from mlp_engine.data import builtin_info, describe, infer_task, load_inline
+from mlp_engine.memory import MemoryEstimate, estimate_from_info
 from mlp_engine.registry import ACTIVATIONS
 from mlp_engine.spec import DatasetInfo, JobSpec, Limits, resolve_spec
 from mlp_engine.theory import (
@@ -42,6 +43,7 @@ class Resolved:
     info: DatasetInfo
     dataset_id: str | None
     parameter_count: int
+    memory: MemoryEstimate
 
 
 def dataset_info(row: Dataset) -> DatasetInfo:
@@ -63,9 +65,10 @@ def _validation_to_invalid(exc: ValidationError) -> InvalidInput:
 
 
 def resolve_for_tenant(session: Session, *, tenant_id: str, spec: JobSpec,
-                       limits: Limits) -> Resolved:
+                       limits: Limits, max_job_memory_bytes: int | None = None) -> Resolved:
     """Resolve `spec` against its dataset (builtin, inline, or the tenant's upload) and the
-    limits. Raises SpecError/DataError/InvalidInput naming the field (all 422)."""
+    limits, and estimate its training memory (refused over `max_job_memory_bytes`). Raises
+    SpecError/DataError/InvalidInput naming the field or limit (all 422)."""
     ds = spec.dataset
     dataset_id = None
     if ds.builtin is not None:
@@ -92,7 +95,15 @@ def resolve_for_tenant(session: Session, *, tenant_id: str, spec: JobSpec,
     assert m.input_dim is not None and m.output_dim is not None and m.hidden_dims is not None
     count = exact_parameter_count(m.input_dim, m.hidden_dims, m.output_dim,
                                   batch_norm=m.batch_norm)
-    return Resolved(spec=resolved, info=info, dataset_id=dataset_id, parameter_count=count)
+    memory = estimate_from_info(resolved, info)
+    if max_job_memory_bytes is not None and memory.total_bytes > max_job_memory_bytes:
+        raise InvalidInput(
+            f"training this job would take about {memory.total_bytes} bytes "
+            f"({memory.summary()}), over the limit max_job_memory_bytes="
+            f"{max_job_memory_bytes} (MLP_MAX_JOB_MEMORY_BYTES); use a smaller batch_size, "
+            "fewer or narrower layers, or fewer rows", field="training.batch_size")
+    return Resolved(spec=resolved, info=info, dataset_id=dataset_id, parameter_count=count,
+                    memory=memory)
 
 
 def request_hash(spec: JobSpec) -> str:

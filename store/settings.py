@@ -84,6 +84,13 @@ class CommonSettings(BaseSettings):
     lease_seconds: float = Field(
         default=60.0, ge=2, le=86_400,
         validation_alias=AliasChoices("MLP_LEASE_SECONDS", "lease_seconds"))
+    max_job_memory_bytes: int = Field(
+        default_factory=lambda: default_job_memory_bytes(),
+        ge=16 * MiB,
+        validation_alias=AliasChoices("MLP_MAX_JOB_MEMORY_BYTES", "max_job_memory_bytes"),
+        description="the most memory one job may take while it trains (estimated at submit: "
+                    "more is refused with 422; enforced in the worker: a job that takes more "
+                    "fails, the host does not); default: half this machine's memory")
     max_running_jobs_per_tenant: int = Field(
         default=0, ge=0,
         validation_alias=AliasChoices("MLP_MAX_RUNNING_JOBS_PER_TENANT",
@@ -142,6 +149,18 @@ class CommonSettings(BaseSettings):
             max_inline_rows=self.max_inline_rows,
             max_runtime_s=self.max_runtime_s,
         )
+
+
+def default_job_memory_bytes() -> int:
+    """Half the physical memory of the machine that reads the settings (the API and the
+    workers of one host agree; set MLP_MAX_JOB_MEMORY_BYTES where they do not)."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 1024 * MiB
+    return max(16 * MiB, total // 2)
 
 
 def env_name(settings_cls: type[BaseSettings], field: str) -> str:

@@ -35,6 +35,7 @@ from .callbacks import CheckpointWriter, EventPublisher, JobLedger, MetricsRecor
 from .checkpoints import read_checkpoint
 from .errors import CheckpointUnreadable, LeaseLost
 from .lease import Heartbeat
+from .memory_limit import job_memory_limit
 from .settings import WorkerSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,16 +226,20 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
         current = _set_device(ctx, job_id, device)
         if current is not None:
             _publish(ctx, current)
-        x, y = _load_data(ctx, job)
-        resume = _load_checkpoint(ctx, job)
-        callbacks = job_callbacks(job, spec=spec, ctx=ctx, heartbeat=heartbeat)
-        from mlp_engine.training import fit
+        # the job's memory is bounded from its data on: a wrong estimate fails this job
+        # (out_of_memory), never the host
+        with job_memory_limit(ctx.settings.max_job_memory_bytes):
+            x, y = _load_data(ctx, job)
+            resume = _load_checkpoint(ctx, job)
+            callbacks = job_callbacks(job, spec=spec, ctx=ctx, heartbeat=heartbeat)
+            from mlp_engine.training import fit
 
-        # one line per training run: the fault tests count them (none may run twice)
-        log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)", job_id,
-                 job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id)
-        result = fit(spec, x, y, callbacks=callbacks, resume=resume, device=device,
-                     num_threads=ctx.num_threads, limits=ctx.settings.limits())
+            # one line per training run: the fault tests count them (none may run twice)
+            log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)", job_id,
+                     job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id)
+            result = fit(spec, x, y, callbacks=callbacks, resume=resume, device=device,
+                         num_threads=ctx.num_threads, limits=ctx.settings.limits())
+            del x, y
         weights = _write_weights(ctx, job_id, result)
         updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
         if result.best_epoch is not None:
@@ -318,9 +323,11 @@ def classify_error(exc: BaseException) -> tuple[str, tuple[str, str]]:
         return JobStatus.FAILED, ("artifact_error", str(exc))
     if isinstance(exc, (TrainingError, WeightsError)):
         return JobStatus.FAILED, ("training_error", str(exc))
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return JobStatus.FAILED, ("out_of_memory", "training ran out of memory; use a smaller "
-                                  "model or batch_size")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return JobStatus.FAILED, ("out_of_memory", "training needed more memory than the "
+                                  "worker allows a job (MLP_MAX_JOB_MEMORY_BYTES); use a "
+                                  "smaller model or batch_size")
     first_line = (str(exc).strip().splitlines() or [""])[0].split("Traceback")[0]
     first_line = first_line.strip()[:300]
     message = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__

@@ -15,6 +15,7 @@ from ..schemas import (
     MAX_PREDICT_ROWS,
     SPEC_EXAMPLES,
     ErrorBody,
+    MemoryEstimatePublic,
     ValidateResult,
     ValidationErrorBody,
 )
@@ -40,6 +41,7 @@ def get_catalog(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
         "max_dataset_bytes_per_tenant": s.max_dataset_bytes_per_tenant,
         "max_predict_rows": MAX_PREDICT_ROWS,
         "max_predict_cells": s.max_predict_cells,
+        "max_job_memory_bytes": s.max_job_memory_bytes,
         "max_streams": s.max_streams,
         "max_streams_per_key": s.max_streams_per_key,
         "rate_limit_per_minute": s.rate_limit_per_minute,
@@ -58,10 +60,15 @@ def get_catalog(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 def validate_spec(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
                   services: ServicesDep, session: SessionDep,
                   tenant: TenantDep) -> ValidateResult:
-    resolved = resolve_for_tenant(session, tenant_id=tenant.id, spec=spec,
-                                  limits=services.settings.limits())
+    resolved = resolve_for_tenant(
+        session, tenant_id=tenant.id, spec=spec, limits=services.settings.limits(),
+        max_job_memory_bytes=services.settings.max_job_memory_bytes)
     theory = theory_of(resolved.spec)
     queue = queue_for_device(resolved.spec.device, services.redis)
     return ValidateResult(resolved_spec=resolved.spec.model_dump(mode="json"),
                           parameter_count=resolved.parameter_count,
+                          memory_estimate=MemoryEstimatePublic(
+                              bytes=resolved.memory.total_bytes,
+                              summary=resolved.memory.summary(),
+                              breakdown=dict(resolved.memory.breakdown)),
                           device_queue=queue, **theory)

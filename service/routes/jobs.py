@@ -112,7 +112,8 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
     # the active-jobs limit and the dataset's presence are checked, race-free, with the
     # insert (store.jobs.create_job)
     resolved = resolve_for_tenant(session, tenant_id=tenant.id, spec=spec,
-                                  limits=settings.limits())
+                                  limits=settings.limits(),
+                                  max_job_memory_bytes=settings.max_job_memory_bytes)
     if resolved.spec.device == "cuda" and gpu_worker_known_absent(services.redis):
         raise Unavailable(
             "device 'cuda' was asked for but no GPU worker is running, so the job would wait "

@@ -106,3 +106,22 @@ def test_a_spec_over_a_limit_names_the_configured_limit(client, auth, model, lim
         assert r.status_code == 422, r.text
         assert limit in r.json()["message"], r.json()["message"]
         assert "1000" not in r.json()["message"]
+
+
+def test_a_job_that_would_not_fit_in_memory_is_refused_at_submit(client, auth):
+    """The hardening issue's first case: 2 M parameters, but the hinge pairs alone would
+    take ~30 GB. Refused at validate and at submit, naming the limit and the estimate."""
+    spec = {"dataset": {"builtin": "iris"}, "task": "metric_learning",
+            "model": {"hidden_dims": [1], "output_dim": 1_000_000}, "training": {"epochs": 1}}
+    for route in ("/v1/specs/validate", "/v1/jobs"):
+        r = client.post(route, headers=auth, json=spec)
+        assert r.status_code == 422, r.text
+        message = r.json()["message"]
+        assert "max_job_memory_bytes" in message and "MLP_MAX_JOB_MEMORY_BYTES" in message
+        assert "loss buffers" in message or "GiB" in message
+    assert client.get("/v1/jobs", headers=auth).json()["items"] == []
+    ok = client.post("/v1/specs/validate", headers=auth,
+                     json={"dataset": {"builtin": "iris"}}).json()
+    assert 0 < ok["memory_estimate"]["bytes"] < 2**30
+    limits = client.get("/v1/catalog", headers=auth).json()["limits"]
+    assert limits["max_job_memory_bytes"] > 2**30

@@ -408,3 +408,21 @@ def test_a_dead_local_worker_is_taken_over_at_once(ctx, make_job, session_factor
     assert run_job(job_id, ctx)["status"] == "succeeded"
     job, rows = load(session_factory, job_id)
     assert job.attempts == 2 and len(rows) == 4
+
+
+def test_a_job_over_its_memory_limit_fails_once_and_the_worker_lives_on(
+        make_ctx, make_job, session_factory):
+    """The API's estimate is the first line; when it is wrong, the worker's hard limit
+    (RLIMIT_DATA for the job) fails that job as out of memory, with no redelivery."""
+    ctx = make_ctx(max_job_memory_bytes=64 * 2**20)
+    big = {"dataset": {"builtin": "moons", "params": {"n_samples": 100_000}},
+           "model": {"hidden_dims": [2048, 2048]},
+           "training": {"epochs": 1, "batch_size": 65_536, "validation_split": 0}}
+    job_id = make_job(big)
+    assert run_job(job_id, ctx)["status"] == "failed"
+    job, _ = load(session_factory, job_id)
+    assert job.error_type == "out_of_memory", job.error_message
+    assert "MLP_MAX_JOB_MEMORY_BYTES" in job.error_message and job.attempts == 1
+    # the limit is gone with the job: the same process trains the next one
+    ok = make_job(iris(epochs=2))
+    assert run_job(ok, ctx)["status"] == "succeeded"
