@@ -107,7 +107,7 @@ class Settings(CommonSettings):
         description="a request body that pauses longer than this between chunks is dropped "
                     "with its connection")
     max_connections: int = Field(
-        default=1000, ge=1,
+        default=4096, ge=1,
         validation_alias=_env("MLP_MAX_CONNECTIONS", "max_connections"),
         description="connections (and requests in progress) one API process takes at "
                     "once; past it, new ones are answered 503")
