@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+from _api_process import running_api
 
 
 def rss_mb(pid: int) -> float:
@@ -31,12 +26,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def big_npz(rows: int) -> bytes:
@@ -54,48 +43,27 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000, help="rows of each upload")
     args = parser.parse_args()
 
-    key = "mlp_" + secrets.token_urlsafe(24)
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "MLP_DATA_DIR": tmp, "MLP_API_KEY": key,
-               "DATABASE_URL": f"sqlite:///{tmp}/mlp.db",
-               "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),
-               "MLP_MAX_UPLOAD_BYTES": str(200 * 1024 * 1024),
-               "MLP_MAX_DATASET_BYTES_PER_TENANT": str(50 * 1024**3),
-               "MLP_RATE_LIMIT_PER_MINUTE": "0", "MLP_RECONCILE_INTERVAL_S": "0"}
-        api = subprocess.Popen([sys.executable, "-m", "mlpctl", "api", "--port", str(port),
-                                "--log-level", "warning"], env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            content = big_npz(args.rows)
-            headers = {"Authorization": f"Bearer {key}"}
-            rows = [("at rest", rss_mb(api.pid))]
+    with running_api(MLP_MAX_UPLOAD_BYTES=str(200 * 1024 * 1024),
+                     MLP_MAX_DATASET_BYTES_PER_TENANT=str(50 * 1024**3)) as api:
+        content = big_npz(args.rows)
+        headers = {"Authorization": f"Bearer {api.key}"}
+        rows = [("at rest", rss_mb(api.process.pid))]
 
-            def upload() -> None:
-                r = httpx.post(url + "/v1/datasets", headers=headers, timeout=300,
-                               files={"file": ("big.npz", content)})
-                assert r.status_code == 201, r.text
+        def upload() -> None:
+            r = httpx.post(api.url + "/v1/datasets", headers=headers, timeout=300,
+                           files={"file": ("big.npz", content)})
+            assert r.status_code == 201, r.text
 
-            for n in range(1, args.rounds + 1):
-                threads = [threading.Thread(target=upload) for _ in range(args.uploads)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                rows.append((f"after round {n} ({args.uploads} × {len(content) >> 20} MiB "
-                             "uploads)", rss_mb(api.pid)))
-            time.sleep(35)
-            rows.append(("35 s later (after a periodic trim)", rss_mb(api.pid)))
-        finally:
-            api.terminate()
-            api.wait(30)
+        for n in range(1, args.rounds + 1):
+            threads = [threading.Thread(target=upload) for _ in range(args.uploads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            rows.append((f"after round {n} ({args.uploads} × {len(content) >> 20} MiB "
+                         "uploads)", rss_mb(api.process.pid)))
+        time.sleep(35)
+        rows.append(("35 s later (after a periodic trim)", rss_mb(api.process.pid)))
     print("| API process | resident MB |\n|---|---:|")
     for name, mb in rows:
         print(f"| {name} | {mb:.0f} |")

@@ -28,6 +28,16 @@ __all__ = ["RateLimiter", "AuthFailureThrottle", "client_bucket", "MAX_TRACKED_A
 log = logging.getLogger(__name__)
 
 
+
+def count_in_minute(client: redis.Redis, name: str) -> int:
+    """Add one to the counter `name` (a key that names its minute) and return it; the key
+    lives a minute and a second. Raises redis.RedisError when Redis does not answer."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(name)
+    pipe.expire(name, 61)
+    count, _ = pipe.execute()
+    return int(count)
+
 class RateLimiter:
     def __init__(self, client: redis.Redis, *, per_minute: int) -> None:
         self.client = client
@@ -43,10 +53,7 @@ class RateLimiter:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         name = f"mlp:ratelimit:{digest}:{window}"
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(name)
-            pipe.expire(name, 61)
-            count, _ = pipe.execute()
+            count = count_in_minute(self.client, name)
         except redis.RedisError as exc:
             log.warning("rate limit skipped, Redis does not answer: %s", exc)
             return
@@ -139,10 +146,7 @@ class AuthFailureThrottle:
             return 0
         name = f"mlp:authfail:{address}:{minute}"
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(name)
-            pipe.expire(name, 61)
-            count, _ = pipe.execute()
+            count = count_in_minute(self.client, name)
         except redis.RedisError as exc:
             if self._redis_warned != minute:  # once a minute, not once a request
                 self._redis_warned = minute
