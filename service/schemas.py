@@ -33,6 +33,7 @@ __all__ = [
     "PredictRequest",
     "PredictResult",
     "LayerRow",
+    "WeightsFormat",
     "ModelCard",
     "Health",
     "Readiness",
@@ -302,6 +303,10 @@ class LayerRow(BaseModel):
     trainable: bool = Field(description="false for batch-norm running statistics")
 
 
+# what GET /v1/jobs/{id}/weights?format=... can serve
+WeightsFormat = Literal["safetensors", "pt", "onnx"]
+
+
 class ModelCard(BaseModel):
     job_id: str
     name: str | None = None
@@ -313,6 +318,11 @@ class ModelCard(BaseModel):
     class_labels: list[Any] | None = None
     metrics: dict[str, Any] | None = None
     weights: Artifact
+    formats: list[WeightsFormat] = Field(
+        default_factory=lambda: ["safetensors"],
+        description="what GET /v1/jobs/{id}/weights?format=... serves for this job: "
+                    "safetensors, pt (torch state_dict), onnx (raw features in, the predict "
+                    "route's outputs out; class probabilities in the order of class_labels)")
 
 
 # --------------------------------------------------------------------------- health

@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
@@ -36,6 +36,7 @@ from store.models import Job, JobStatus
 
 from ..deps import JobDep, ServicesDep, SessionDep, TenantDep
 from ..errors import Conflict, InvalidInput, NotFound, Unavailable
+from ..exports import onnx_available, onnx_export
 from ..schemas import (
     SPEC_EXAMPLES,
     Artifact,
@@ -48,6 +49,7 @@ from ..schemas import (
     PredictRequest,
     PredictResult,
     ValidationErrorBody,
+    WeightsFormat,
 )
 from ..specs import request_hash, resolve_for_tenant
 from ..sse import job_event_stream, stream_owner
@@ -256,12 +258,15 @@ def _etag_matches(header: str | None, etag: str) -> bool:
                        200: {"content": {"application/octet-stream": {
                            "schema": {"type": "string", "format": "binary"}}},
                            "description": "safetensors (or a torch state_dict with "
-                                          "format=pt); ETag is the sha256"},
+                                          "format=pt, or an ONNX model that takes raw "
+                                          "features with format=onnx); ETag is the sha256"},
                        304: {"description": "If-None-Match matched the ETag"}},
             summary="download the trained weights")
 def weights(job: JobDep, services: ServicesDep,
-            format: Annotated[Literal["safetensors", "pt"], Query(
-                description="safetensors (default) or pt (torch state_dict)")] = "safetensors",
+            format: Annotated[WeightsFormat, Query(
+                description="safetensors (default), pt (torch state_dict) or onnx (ONNX "
+                            "model with the preprocessing folded in, exported on the first "
+                            "request)")] = "safetensors",
             if_none_match: Annotated[str | None, Header(max_length=1000)] = None) -> Response:
     _require_success(job, "weights")
     if format == "pt":
@@ -269,6 +274,15 @@ def weights(job: JobDep, services: ServicesDep,
         if not uri:
             raise NotFound(f"job {job.id} has no torch state_dict export; download the "
                            "safetensors file")
+    elif format == "onnx":
+        if not onnx_available():
+            raise NotFound("this server cannot export ONNX: the onnxscript and onnx packages "
+                           "are not installed (the [server] extra brings them)")
+        assert job.weights_uri is not None
+        # a sync route: this runs in a worker thread, and the first request exports
+        uri, sha = onnx_export(services.artifacts, job_id=job.id, weights_key=job.weights_uri,
+                               weights_sha256=job.weights_sha256)
+        suffix = "onnx"
     else:
         uri, sha, suffix = job.weights_uri, job.weights_sha256, "safetensors"
     assert uri is not None
@@ -337,7 +351,9 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
         job_id=job.id, name=job.name, task=spec.get("task"), spec=spec, layers=layers,
         parameter_count=sum(r.parameters for r in layers if r.trainable),
         preprocessing=preprocessing, class_labels=labels, metrics=public.metrics,
-        weights=(public.artifacts or {}).get("weights") or Artifact())
+        weights=(public.artifacts or {}).get("weights") or Artifact(),
+        formats=["safetensors", *(["pt"] if job.weights_pt_uri else []),
+                 *(["onnx"] if onnx_available() else [])])
 
 
 @router.post("/{job_id}/predict", response_model=PredictResult, operation_id="predict",

@@ -58,7 +58,7 @@ def test_weights_download_etag_and_pt(client, done, trained):
     assert pt.status_code == 200 and pt.content == trained["pt"].read_bytes()
     assert pt.headers["etag"] != etag
     assert client.get(f"/v1/jobs/{job_id}/weights", headers=headers,
-                      params={"format": "onnx"}).status_code == 422
+                      params={"format": "npz"}).status_code == 422
 
 
 def test_model_card(client, done):
@@ -73,6 +73,7 @@ def test_model_card(client, done):
     assert card["preprocessing"]["class_labels"] == [0, 1, 2]
     assert card["metrics"]["final"]["epoch"] == 3
     assert card["weights"]["sha256"] == job["artifacts"]["weights"]["sha256"]
+    assert card["formats"] == ["safetensors", "pt", "onnx"]
 
 
 def test_predict_matches_the_engine(client, done, trained):
