@@ -5,7 +5,7 @@
     mlpctl worker [--queues cpu,gpu] [--concurrency N]   # one Celery worker ("worker")
     mlpctl keys create --tenant NAME [--data-dir DIR]
     mlpctl jobs submit spec.yaml [--wait] | get ID | list | wait ID | cancel ID | metrics ID
-    mlpctl jobs weights ID -o model.safetensors | predict ID x.json
+    mlpctl jobs weights ID -o model.safetensors [--format pt|onnx] | predict ID x.json
     mlpctl datasets upload data.csv --target y | list | get ID | delete ID
 
 Server commands read the same environment as the service (`MLP_DATA_DIR`, `DATABASE_URL`,
@@ -214,7 +214,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     elif action == "metrics":
         _print(client.metrics(args.job_id, since=args.since))
     elif action == "weights":
-        out = args.output or f"{args.job_id}.{'pt' if args.format == 'pt' else 'safetensors'}"
+        out = args.output or f"{args.job_id}.{args.format}"
         client.weights(args.job_id, out, format=args.format)
         print(out)
     elif action == "predict":
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     j = jobs.add_parser("weights", help="download the trained weights")
     j.add_argument("job_id")
     j.add_argument("-o", "--output")
-    j.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
+    j.add_argument("--format", choices=["safetensors", "pt", "onnx"], default="safetensors")
     j = jobs.add_parser("predict", help='predict: a JSON file with {"x": [[...]]}')
     j.add_argument("job_id")
     j.add_argument("x")

@@ -191,13 +191,15 @@ class Client:
 
     def weights(self, job_id: str, path: str | os.PathLike[str], *,
                 format: str = "safetensors") -> Path:
-        """Download the weights to `path`, checking them against the sha256 ETag."""
+        """Download the weights (`format`: safetensors, pt or onnx) to `path`, checked
+        against the sha256 ETag."""
         params = {"format": format} if format != "safetensors" else None
         response = self._request("GET", f"/v1/jobs/{job_id}/weights", params=params)
         data = response.content
         etag = response.headers.get("ETag", "").strip('"').removeprefix("W/").strip('"')
-        if etag and format == "safetensors" and etag != hashlib.sha256(data).hexdigest():
-            raise APIError(502, f"the weights of {job_id} do not match their ETag (sha256)")
+        if etag and etag != hashlib.sha256(data).hexdigest():
+            raise APIError(502, f"the {format} weights of {job_id} do not match their ETag "
+                                "(sha256)")
         target = Path(path)
         target.write_bytes(data)
         return target

@@ -108,6 +108,15 @@ def test_digits_job_streams_to_success_and_its_weights_predict_like_the_service(
     assert {k: tuple(v.shape) for k, v in state.items()} == {
         k: tuple(v.shape) for k, v in model.state_dict().items()}
 
+    # the ONNX export answers what predict answers, from raw features (SPEC 12)
+    import onnxruntime
+
+    onnx_path = tmp_path / "digits.onnx"
+    client.weights(job["id"], onnx_path, format="onnx")  # checked against its ETag
+    session = onnxruntime.InferenceSession(str(onnx_path))
+    (probs,) = session.run(None, {"x": np.asarray(x, dtype=np.float32)})
+    assert np.abs(probs - np.asarray(remote["probabilities"])).max() < 1e-5
+
 
 def test_uploaded_csv_trains_and_predicts_its_own_labels(tenant) -> None:
     client = tenant.client
