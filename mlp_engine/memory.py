@@ -48,7 +48,8 @@ MAX_PAIRS = 8192  # losses.MAX_PAIRS: hinge pairs per batch
 EVAL_CHUNK = 65_536  # metrics._CHUNK: rows per forward pass in evaluation
 KNN_REFERENCE_ROWS = 4096  # metrics.evaluate: training rows 1-NN accuracy compares with
 SAMPLE_ROWS = 2048  # diagnostics.SAMPLE_ROWS
-POINTS_PER_LINE = 2048  # diagnostics.POINTS_PER_LINE
+CHUNK_VALUES = 2**16  # diagnostics.CHUNK_VALUES: pieces x width in one chunk of the walk
+_F64 = 8  # diagnostics.linear_pieces works in float64
 _CDIST_MM_ROWS = 25  # torch.cdist computes through a matmul above this many rows
 
 # activations whose backward reads their output: their input is not kept
@@ -260,11 +261,11 @@ def _data_terms(terms: _Terms, spec: JobSpec, s: _Shape, *, string_labels: bool)
                     else _I64 * (k if spec.task == "multilabel" else 1))
     kept_y, prep_y = _target_bytes(spec, k)
     ds = spec.dataset
-    if ds.builtin is not None:  # generated inside fit: float64, and the generators' temps
+    if ds is not None and ds.builtin is not None:  # generated inside fit: float64, temps
         held, loaded = 0, 2 * cells * 8 + n * _I64
-    elif ds.inline is not None:  # the spec's lists stay; np.asarray makes float64 of them
+    elif ds is not None and ds.inline is not None:  # the lists stay; np.asarray: float64
         held, loaded = cells * _INLINE_CELL_BYTES + y_source, cells * 8
-    else:  # an uploaded table: the worker holds its float32 arrays while fit runs
+    else:  # an uploaded table (or arrays given to fit): float32 arrays held while fit runs
         held, loaded = cells * _F32 + y_source, 0
     # prepare_data: the float32 copy of x (astype), the split's fancy-indexed copies, the
     # split's index arrays, the targets; while the standardiser is fitted, a float64 copy
@@ -278,18 +279,23 @@ def _data_terms(terms: _Terms, spec: JobSpec, s: _Shape, *, string_labels: bool)
     terms.add("data_tensors", cells * _F32 + n * kept_y)
 
 
+def _moments(spec: JobSpec) -> int:
+    """Tensors of the parameters' size the optimiser keeps as state."""
+    opt = spec.optimizer
+    momentum = opt.params.get("momentum", 0.0) > 0
+    if opt.name in ("adam", "adamw"):
+        return 2  # exp_avg, exp_avg_sq
+    if opt.name == "rmsprop":
+        return 1 + momentum  # square_avg (+ momentum_buffer)
+    return int(momentum)  # sgd's momentum_buffer
+
+
 def _model_terms(terms: _Terms, spec: JobSpec, s: _Shape) -> None:
-    m, opt = spec.model, spec.optimizer
+    m = spec.model
     n_params = exact_parameter_count(s.n_features, list(s.hidden), s.n_out,
                                      batch_norm=m.batch_norm)
     weights = n_params * _F32 + (2 * _F32 * sum(s.hidden) if m.batch_norm else 0)
-    momentum = opt.params.get("momentum", 0.0) > 0
-    if opt.name in ("adam", "adamw"):
-        moments = 2  # exp_avg, exp_avg_sq
-    elif opt.name == "rmsprop":
-        moments = 1 + momentum  # square_avg (+ momentum_buffer)
-    else:
-        moments = int(momentum)  # sgd's momentum_buffer
+    moments = _moments(spec)
     es = spec.training.early_stopping
     terms.add("parameters", weights)
     # set to None before every backward pass, so allocated afresh at every step
@@ -400,22 +406,41 @@ def _diagnostics_term(terms: _Terms, spec: JobSpec, s: _Shape) -> None:
         # every layer's activation input and output kept by the hooks; a forward pass
         b = _F32 * (rows * units * 2 + _forward_peak(spec, s, rows))
         need.append((b, b))
+    n_params = exact_parameter_count(s.n_features, list(s.hidden), s.n_out,
+                                     batch_norm=spec.model.batch_norm)
     if dg.linear_regions and ACTIVATIONS[spec.model.activation.name].extra["piecewise_linear"]:
-        pts = POINTS_PER_LINE
         kinks = 2 if spec.model.activation.name == "relu6" else 1
-        # pre- and post-activations; the kink masks, their concatenation and comparison
-        b = pts * units * (2 * _F32 + 3 * kinks) + _F32 * _forward_peak(spec, s, pts)
+        # the float64 copy of the weights, and the largest layer of one segment's walk
+        b = 2 * n_params * _F64 + _F64 * _pieces_peak(s.hidden, kinks)
         need.append((b, b))
     if dg.internal_covariate_shift:
-        n_params = exact_parameter_count(s.n_features, list(s.hidden), s.n_out,
-                                         batch_norm=spec.model.batch_norm)
         largest = s.largest_weight * _F32
         step = ("activations", "activation_gradients", "loss_buffers")
-        # the probe model, the weights' copy, G, and G' being made beside a step on one
-        # batch, while the previous layer's G' is still held
-        b = 4 * n_params * _F32 + largest + sum(terms.bytes[t] for t in step)
-        churn = (sum(_heap(a * o * _F32, 4) for a, o in s.layers) + _heap(largest)
+        # the probe model, G, and the step's gradients, beside the copy of the optimiser's
+        # state while it steps, or the hidden blocks' stepped values after; the forward
+        # pass kept for backward; G' of one layer
+        copies = 3 + max(_moments(spec), 1)
+        b = copies * n_params * _F32 + largest + sum(terms.bytes[t] for t in step)
+        churn = (sum(_heap(a * o * _F32, copies) for a, o in s.layers) + _heap(largest)
                  + sum(terms.churn[t] for t in step))
         need.append((b, churn))
     b, churn = max(need)
     terms.add("diagnostics", b, churn)
+
+
+def _pieces_peak(hidden: tuple[int, ...], kinks: int) -> int:
+    """Values alive at once in diagnostics.linear_pieces' walk of one segment: per layer,
+    the chunk of pieces waiting to go on (its pre-activations, n x h, at most CHUNK_VALUES
+    each, and its pieces' breakpoints and owners, up to 1 + kinks·h per piece of the
+    chunk), and about ten arrays of the chunk being worked on (its input, the midpoint
+    values, slopes, offsets, crossings). A piece crosses at most kinks·h kinks of a layer
+    of width h: small networks stay far below the chunk size."""
+    waiting = largest = 0
+    pieces = 1
+    for h in hidden:
+        chunk = min(pieces * h, CHUNK_VALUES)
+        parents = min(pieces, max(CHUNK_VALUES // h, 1))
+        waiting += 2 * chunk + 2 * parents * (1 + kinks * h)
+        largest = max(largest, chunk)
+        pieces = min(pieces * (1 + kinks * h), 2**40)
+    return waiting + 10 * largest

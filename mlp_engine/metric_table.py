@@ -44,26 +44,33 @@ class Metric:
     validation: bool = False  # only in the record when there are validation rows
     diagnostic: str | None = None  # the diagnostic (registry.DIAGNOSTICS) that adds it
     per_layer: bool = False  # a list, one value per layer
+    penalty: bool = False  # only in the record when an l1/l2 penalty is on
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "goal": self.goal, "unit": self.unit, "doc": self.doc,
                 "tasks": list(self.tasks), "monitor": self.monitor,
                 "validation": self.validation, "diagnostic": self.diagnostic,
-                "per_layer": self.per_layer}
+                "per_layer": self.per_layer, "penalty": self.penalty}
 
 
 def _table(*metrics: Metric) -> dict[str, Metric]:
     return {m.name: m for m in metrics}
 
 
-_LOSS_UNIT = ("the loss's own units (for standardised regression targets: in units of the "
-              "target's standard deviation)")
+_LOSS_UNIT = ("the loss's own units; for regression with training.standardize on (the "
+              "default), standardised target units: errors in the training split's target "
+              "standard deviations, not in the target's units (see val_mse, val_rmse, "
+              "val_mae, val_r2)")
 
 METRICS = _table(
     Metric("epoch", None, "epochs", "the epoch the record is for, counted from 1"),
     Metric("train_loss", "min", _LOSS_UNIT,
            "mean data loss over the epoch's training batches, without the l1/l2 penalty",
            monitor=True),
+    Metric("train_objective", "min", _LOSS_UNIT,
+           "train_loss plus the l1/l2 penalty (l1·Σ|θ| + l2·Σθ², taken before each step, "
+           "averaged over the batches as train_loss is): what the optimiser minimises; only "
+           "when regularization.l1 or l2 is on", penalty=True),
     Metric("val_loss", "min", _LOSS_UNIT,
            "data loss on the validation rows, in eval mode, after the epoch",
            monitor=True, validation=True),
@@ -103,7 +110,8 @@ METRICS = _table(
     Metric("samples_per_second", "max", "rows per second",
            "training rows of the epoch per second of epoch_seconds"),
     Metric("grad_norm", None, "gradient L2 norm",
-           "L2 norm of each Linear layer's weight gradient on the epoch's last batch",
+           "L2 norm of each Linear layer's weight gradient on the epoch's last batch, before "
+           "gradient clipping",
            diagnostic="gradient_norms", per_layer=True),
     Metric("activation_mean", None, "activation units",
            "mean of each hidden layer's activations (eval mode, up to 2048 training rows)",
@@ -114,12 +122,19 @@ METRICS = _table(
     Metric("dead_fraction", None, "fraction",
            "units of each hidden layer that output exactly 0 on every sampled row",
            diagnostic="activation_stats", per_layer=True),
-    Metric("linear_regions", None, "regions per line",
-           "mean number of linear regions crossed along random lines through the data "
-           "(null for activations that are not piecewise linear)",
+    Metric("linear_pieces_per_segment", None, "linear pieces per segment",
+           "mean number of linear pieces of the network along segments between two distinct "
+           "random training rows, counted exactly from its breakpoints (null for activations "
+           "that are not piecewise linear); not the whole-space region count that "
+           "linear_regions_bound bounds",
+           diagnostic="linear_regions"),
+    Metric("linear_pieces_max", None, "linear pieces per segment",
+           "the most linear pieces on one of those segments",
            diagnostic="linear_regions"),
     Metric("ics", None, "gradient L2 norm",
-           "per Linear layer ||G - G'||_2 (Santurkar et al. 2018)",
+           "per Linear layer ||G - G'||_2 (Santurkar et al. 2018): the change of the layer's "
+           "weight gradient on a random training batch when the earlier layers take the "
+           "job's optimiser step",
            diagnostic="internal_covariate_shift", per_layer=True),
 )
 
@@ -161,12 +176,14 @@ def metric_fits(name: str, task: str) -> bool:
 
 
 def metrics_for_task(task: str, *, validation: bool = True,
-                     diagnostics: Collection[str] = ()) -> tuple[str, ...]:
-    """The fields of `task`'s epoch record: with validation rows or without, and with the
-    fields the named diagnostics add."""
+                     diagnostics: Collection[str] = (), penalty: bool = False
+                     ) -> tuple[str, ...]:
+    """The fields of `task`'s epoch record: with validation rows or without, with the
+    fields the named diagnostics add, and with those of an l1/l2 penalty."""
     return tuple(m.name for m in METRICS.values()
                  if task in m.tasks and (validation or not m.validation)
-                 and (m.diagnostic is None or m.diagnostic in diagnostics))
+                 and (m.diagnostic is None or m.diagnostic in diagnostics)
+                 and (penalty or not m.penalty))
 
 
 def monitored_metric(name: str, *, validation: bool) -> str:

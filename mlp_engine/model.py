@@ -12,7 +12,8 @@ from .errors import SpecError
 from .registry import ACTIVATIONS
 from .spec import ActivationSpec, InitSpec, JobSpec
 
-__all__ = ["MLP", "build_model", "init_gain", "initialize", "make_activation"]
+__all__ = ["MLP", "build_model", "init_gain", "initialize", "make_activation",
+           "resolve_init"]
 
 
 def _construct(target: str, **kwargs: Any) -> Any:
@@ -70,25 +71,39 @@ def init_gain(act: ActivationSpec) -> float:
     return nn.init.calculate_gain(name, param)  # type: ignore[arg-type]
 
 
+def resolve_init(init: InitSpec, activation: ActivationSpec
+                 ) -> tuple[str, dict[str, Any], str, float | None]:
+    """(init name, its parameters, nonlinearity, leaky slope) that `initialize` applies:
+    `auto` becomes the activation's `auto_init` (registry.ACTIVATIONS), the others stay."""
+    nonlinearity, slope = _gain_args(activation)
+    if init.name != "auto":
+        return init.name, init.params, nonlinearity, slope
+    auto = ACTIVATIONS[activation.name].extra["auto_init"]
+    nonlinearity = auto.get("gain", nonlinearity)  # selu: the linear gain (LeCun normal)
+    return auto["name"], {}, nonlinearity, slope if nonlinearity == "leaky_relu" else None
+
+
 def initialize(module: nn.Module, *, init: InitSpec, activation: ActivationSpec) -> None:
     """Initialise one module in place (use with `model.apply`); biases start at 0.
 
-    torch_default leaves PyTorch's own initialisation untouched.
+    torch_default leaves PyTorch's own initialisation (biases included) untouched; `auto`
+    is the activation's init (`resolve_init`).
     """
     if not isinstance(module, nn.Linear) or init.name == "torch_default":
         return
+    name, params, nonlinearity, slope = resolve_init(init, activation)
     weight = module.weight
-    if init.name in ("xavier_uniform", "xavier_normal"):
-        gain = init.params.get("gain")
-        gain = init_gain(activation) if gain is None else gain
-        fn = nn.init.xavier_uniform_ if init.name == "xavier_uniform" else nn.init.xavier_normal_
+    if name in ("xavier_uniform", "xavier_normal"):
+        gain = params.get("gain")
+        if gain is None:
+            gain = nn.init.calculate_gain(nonlinearity, slope)  # type: ignore[arg-type]
+        fn = nn.init.xavier_uniform_ if name == "xavier_uniform" else nn.init.xavier_normal_
         fn(weight, gain=gain)
     else:
-        name, slope = _gain_args(activation)
-        kaiming = (nn.init.kaiming_uniform_ if init.name == "kaiming_uniform"
+        kaiming = (nn.init.kaiming_uniform_ if name == "kaiming_uniform"
                    else nn.init.kaiming_normal_)
-        kaiming(weight, a=slope or 0.0, mode=init.params.get("mode", "fan_in"),
-                nonlinearity=name)  # type: ignore[arg-type]
+        kaiming(weight, a=slope or 0.0, mode=params.get("mode", "fan_in"),
+                nonlinearity=nonlinearity)  # type: ignore[arg-type]
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 

@@ -65,6 +65,9 @@ def prepare_data(spec: JobSpec, x: Any = None, y: Any = None, *, device: torch.d
     if x is not None:
         data = _as_loaded(x, y)
         default_task = None
+    elif spec.dataset is None:  # an ArrayJobSpec, which has its data only as arrays
+        raise SpecError("the spec has no dataset: give one, or pass x and y to fit",
+                        field="dataset")
     else:
         data = load_dataset(spec.dataset, seed=seed)
         default_task = (builtin_info(spec.dataset.builtin, spec.dataset.params).default_task

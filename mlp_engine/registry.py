@@ -28,6 +28,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "TASKS",
     "DEFAULT_LOSS",
+    "DEFAULT_INIT",
     "catalog",
     "checked_params",
 ]
@@ -146,32 +147,47 @@ def _table(*choices: Choice) -> dict[str, Choice]:
 # `gain` is the nonlinearity name torch.nn.init.calculate_gain knows for this activation;
 # activations it does not know (relu6, elu, gelu, silu) take ReLU's gain, sqrt(2), since
 # they behave like ReLU for positive inputs and that is the variance He et al. preserve.
+# `auto_init` is what the `auto` init (the default) applies for the activation: the init's
+# name, and where it differs from `gain`, the nonlinearity whose gain it uses.
+_HE = {"name": "kaiming_normal"}
+_XAVIER = {"name": "xavier_normal"}
+_LECUN = {"name": "kaiming_normal", "gain": "linear"}  # std 1/sqrt(fan_in), for SELU
 ACTIVATIONS = _table(
     Choice("sigmoid", "torch.nn.Sigmoid", doc="1 / (1 + e^-x)",
-           extra={"gain": "sigmoid", "piecewise_linear": False}),
+           extra={"gain": "sigmoid", "piecewise_linear": False, "auto_init": _XAVIER}),
     Choice("tanh", "torch.nn.Tanh", doc="tanh(x); init gain 5/3",
-           extra={"gain": "tanh", "piecewise_linear": False}),
+           extra={"gain": "tanh", "piecewise_linear": False, "auto_init": _XAVIER}),
     Choice("relu", "torch.nn.ReLU", doc="max(0, x)",
-           extra={"gain": "relu", "piecewise_linear": True}),
+           extra={"gain": "relu", "piecewise_linear": True, "auto_init": _HE}),
     Choice("leaky_relu", "torch.nn.LeakyReLU",
-           (Param("negative_slope", "float", 0.01, ge=0.0, le=1.0,
-                  doc="slope for x < 0"),),
+           # a slope of 1 is the identity: the network would be affine
+           (Param("negative_slope", "float", 0.01, ge=0.0, lt=1.0,
+                  doc="slope for x < 0, in [0, 1) (1 would be the identity)"),),
            doc="max(0, x) + negative_slope * min(0, x)",
-           extra={"gain": "leaky_relu", "piecewise_linear": True}),
+           extra={"gain": "leaky_relu", "piecewise_linear": True, "auto_init": _HE}),
     Choice("relu6", "torch.nn.ReLU6", doc="min(max(0, x), 6)",
-           extra={"gain": "relu", "piecewise_linear": True}),
+           extra={"gain": "relu", "piecewise_linear": True, "auto_init": _HE}),
     Choice("selu", "torch.nn.SELU", doc="scale * (max(0,x) + min(0, alpha*(e^x - 1)))",
-           extra={"gain": "selu", "piecewise_linear": False}),
+           extra={"gain": "selu", "piecewise_linear": False, "auto_init": _LECUN}),
     Choice("elu", "torch.nn.ELU", (Param("alpha", "float", 1.0, gt=0.0, le=100.0),),
            doc="x if x > 0 else alpha * (e^x - 1)",
-           extra={"gain": "relu", "piecewise_linear": False}),
+           extra={"gain": "relu", "piecewise_linear": False, "auto_init": _HE}),
     Choice("gelu", "torch.nn.GELU",
            (Param("approximate", "str", "none", choices=("none", "tanh")),),
-           doc="x * Phi(x)", extra={"gain": "relu", "piecewise_linear": False}),
+           doc="x * Phi(x)",
+           extra={"gain": "relu", "piecewise_linear": False, "auto_init": _HE}),
     Choice("silu", "torch.nn.SiLU", doc="x * sigmoid(x)",
-           extra={"gain": "relu", "piecewise_linear": False}),
+           extra={"gain": "relu", "piecewise_linear": False, "auto_init": _HE}),
 )
 
+# Regression targets are standardised with the features (training.standardize): the loss
+# then measures errors in target standard deviations, not in the target's units.
+_REGRESSION_UNIT = ("with training.standardize on (the default): standardised target units, "
+                    "errors measured in the training split's target standard deviations "
+                    "(an MSE of 0.5 is half the target's variance); with it off, the target's "
+                    "own units. val_mse, val_rmse, val_mae and val_r2 are always in the "
+                    "target's own units")
+_IN_LOSS_UNITS = "in the loss's units: target standard deviations when standardize is on"
 _CLASS_WEIGHTS = Param("class_weights", "class_weights", None,
                        doc="a weight per class, or 'balanced' (inverse class frequency)")
 
@@ -194,13 +210,18 @@ LOSSES = _table(
            doc="one-versus-all logistic loss", task="multilabel"),
     Choice("multilabel_margin", "torch.nn.MultiLabelMarginLoss",
            doc="multi-class multi-label hinge loss", task="multilabel"),
-    Choice("mse", "torch.nn.MSELoss", doc="mean squared error", task="regression"),
-    Choice("l1", "torch.nn.L1Loss", doc="mean absolute error", task="regression"),
+    Choice("mse", "torch.nn.MSELoss", doc="mean squared error", task="regression",
+           extra={"unit": _REGRESSION_UNIT}),
+    Choice("l1", "torch.nn.L1Loss", doc="mean absolute error", task="regression",
+           extra={"unit": _REGRESSION_UNIT}),
     Choice("smooth_l1", "torch.nn.SmoothL1Loss",
-           (Param("beta", "float", 1.0, gt=0.0, le=1e6),),
-           doc="quadratic below beta, linear above", task="regression"),
-    Choice("huber", "torch.nn.HuberLoss", (Param("delta", "float", 1.0, gt=0.0, le=1e6),),
-           doc="Huber loss with threshold delta", task="regression"),
+           (Param("beta", "float", 1.0, gt=0.0, le=1e6, doc=_IN_LOSS_UNITS),),
+           doc="quadratic below beta, linear above", task="regression",
+           extra={"unit": _REGRESSION_UNIT}),
+    Choice("huber", "torch.nn.HuberLoss",
+           (Param("delta", "float", 1.0, gt=0.0, le=1e6, doc=_IN_LOSS_UNITS),),
+           doc="Huber loss with threshold delta", task="regression",
+           extra={"unit": _REGRESSION_UNIT}),
     Choice("hinge_embedding", "torch.nn.HingeEmbeddingLoss",
            (Param("margin", "float", 1.0, gt=0.0, le=1e3, doc="margin Δ"),
             Param("distance", "str", "l2", choices=("l1", "l2"))),
@@ -217,18 +238,30 @@ DEFAULT_LOSS = {
 
 _GAIN = Param("gain", "float_or_null", None, gt=0.0, le=100.0,
               doc="null: calculate_gain of the activation")
+DEFAULT_INIT = "auto"
 INITS = _table(
+    Choice("auto", "",
+           doc="the lecture's init for the activation (each activation's auto_init in the "
+               "catalog): kaiming_normal (He: std gain/sqrt(fan_in), gain sqrt(2), or "
+               "sqrt(2/(1+a^2)) for leaky_relu's slope a) for relu, leaky_relu, relu6, elu, "
+               "gelu and silu; xavier_normal with calculate_gain's gain (1 for sigmoid, 5/3 "
+               "for tanh) for sigmoid and tanh; LeCun normal (kaiming_normal with the linear "
+               "gain: std 1/sqrt(fan_in)) for selu. Biases 0. The resolved spec keeps 'auto'"),
     Choice("xavier_uniform", "torch.nn.init.xavier_uniform_", (_GAIN,),
-           doc="U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))"),
+           doc="U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)); biases 0"),
     Choice("xavier_normal", "torch.nn.init.xavier_normal_", (_GAIN,),
-           doc="N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out))"),
+           doc="N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)); biases 0"),
     Choice("kaiming_uniform", "torch.nn.init.kaiming_uniform_",
            (Param("mode", "str", "fan_in", choices=("fan_in", "fan_out")),),
-           doc="U(-b, b), b = gain * sqrt(3 / fan_mode)"),
+           doc="U(-b, b), b = gain * sqrt(3 / fan_mode); biases 0"),
     Choice("kaiming_normal", "torch.nn.init.kaiming_normal_",
            (Param("mode", "str", "fan_in", choices=("fan_in", "fan_out")),),
-           doc="N(0, std^2), std = gain / sqrt(fan_mode)"),
-    Choice("torch_default", "", doc="PyTorch's nn.Linear default (kaiming_uniform, a=sqrt(5))"),
+           doc="N(0, std^2), std = gain / sqrt(fan_mode); biases 0"),
+    Choice("torch_default", "",
+           doc="PyTorch's own nn.Linear init, biases included: weights and biases "
+               "U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)), a "
+               "ReLU layer's std 0.41x He's; the only init that leaves biases non-zero, for "
+               "comparison"),
 )
 
 _LR = Param("lr", "float", 0.001, gt=0.0, le=10.0, doc="learning rate")
@@ -275,20 +308,37 @@ SCHEDULERS = _table(
 )
 
 DIAGNOSTICS = _table(
-    Choice("gradient_norms", "", doc="L2 norm of each layer's weight gradient, per epoch",
+    Choice("gradient_norms", "",
+           doc="L2 norm of each Linear layer's weight gradient on the epoch's last batch, "
+               "before gradient clipping",
            extra={"cost": "one norm per layer on the last batch of each epoch: negligible"}),
     Choice("activation_stats", "",
            doc="mean, std and dead-unit fraction of each hidden layer's activations",
            extra={"cost": "one extra forward pass over at most 2048 training rows per epoch"}),
     Choice("linear_regions", "",
-           doc="linear regions crossed along random lines through the data, beside the bounds",
-           extra={"cost": "forward passes over 8 lines x 2048 points per epoch; "
-                          "piecewise-linear activations only"}),
+           doc="linear pieces of the network (up to its last Linear layer) along 8 segments "
+               "between two distinct random training rows, counted exactly: walking the "
+               "layers, each piece is split at every unit's kink (where its pre-activation, "
+               "affine along the piece, crosses 0, or 6 for relu6), then neighbours with the "
+               "same output map are merged. Reported as linear_pieces_per_segment (mean) and "
+               "linear_pieces_max. This counts the pieces a segment through the data crosses, "
+               "not the regions of the whole input space that linear_regions_bound "
+               "(Montufar et al., POST /v1/specs/validate) bounds: a different quantity, "
+               "usually far smaller. Piecewise-linear activations only (relu, leaky_relu, "
+               "relu6); batch norm enters in eval mode (affine)",
+           extra={"cost": "per epoch, for each of 8 segments one float64 pass per layer "
+                          "over its pieces (in chunks: memory stays small; a segment of "
+                          "more than 2^20 pieces gives null)"}),
     Choice("internal_covariate_shift", "",
-           doc="per layer ||G - G'||_2 (Santurkar et al. 2018): gradient change caused by "
-               "the update of earlier layers",
-           extra={"cost": "one forward/backward pass per Linear layer, plus one, on one "
-                          "batch per epoch, on a copy of the model"}),
+           doc="per Linear layer ||G - G'||_2 (Santurkar et al. 2018): G is the layer's "
+               "weight gradient on a random training batch, G' the same after the earlier "
+               "layers (all their parameters: weights, biases, batch norm's scale and shift) "
+               "take the step the job's optimiser would take from its current state "
+               "(momentum, Adam moments, weight decay, the l1/l2 penalty, clipping); the "
+               "model and the optimiser are left untouched",
+           extra={"cost": "a copy of the model and of the optimiser's state, and one "
+                          "forward/backward pass per Linear layer plus two, on one batch "
+                          "per epoch"}),
 )
 
 
@@ -338,6 +388,7 @@ def catalog() -> dict[str, Any]:
         "losses": [c.describe() for c in LOSSES.values()],
         "default_loss": dict(DEFAULT_LOSS),
         "inits": [c.describe() for c in INITS.values()],
+        "default_init": DEFAULT_INIT,
         "optimizers": [c.describe() for c in OPTIMIZERS.values()],
         "schedulers": [c.describe() for c in SCHEDULERS.values()],
         "diagnostics": [c.describe() for c in DIAGNOSTICS.values()],

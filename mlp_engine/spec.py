@@ -7,6 +7,7 @@ and checks it against the data and the configurable `Limits`. Imports no torch.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,6 +19,7 @@ from .metric_table import MONITORED, metric_fits
 from .registry import (
     ACTIVATIONS,
     BUILTIN_DATASETS,
+    DEFAULT_INIT,
     DEFAULT_LOSS,
     INITS,
     LOSSES,
@@ -31,6 +33,7 @@ from .theory import exact_parameter_count
 
 __all__ = [
     "JobSpec",
+    "ArrayJobSpec",
     "DatasetSpec",
     "InlineData",
     "ModelSpec",
@@ -46,6 +49,7 @@ __all__ = [
     "DatasetInfo",
     "Limits",
     "resolve_spec",
+    "stored_spec",
     "check_rectangular",
     "check_limits",
     "DEFAULT_HIDDEN_DIM",
@@ -210,7 +214,7 @@ class ModelSpec(_Strict):
     activation: ActivationSpec = Field(default_factory=lambda: ActivationSpec(name="relu"))
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     batch_norm: bool = False
-    init: InitSpec = Field(default_factory=lambda: InitSpec(name="torch_default"))
+    init: InitSpec = Field(default_factory=lambda: InitSpec(name=DEFAULT_INIT))
     input_dim: int | None = Field(default=None, ge=1, le=_MAX_DIM)
     output_dim: int | None = Field(default=None, ge=1, le=_MAX_DIM)
 
@@ -330,6 +334,23 @@ class JobSpec(_Strict):
                                  f"choose one of {[m for m in MONITORED if metric_fits(m, task)]}")
 
 
+class ArrayJobSpec(JobSpec):
+    """A job spec for `fit(spec, x, y)`: the arrays take the place of the dataset, so
+    `dataset` may be left out (SPEC section 5). The API's request body stays `JobSpec`,
+    which requires it; a model trained from arrays keeps `dataset: null` in its spec."""
+
+    # the one field that differs; mypy sees the wider type as an override
+    dataset: DatasetSpec | None = None  # type: ignore[assignment]
+
+
+def stored_spec(text: str) -> JobSpec:
+    """A spec stored as JSON (a weights file's): a JobSpec, or an ArrayJobSpec when it has
+    no dataset (a model trained with fit(spec, x, y))."""
+    data = json.loads(text)
+    has_dataset = isinstance(data, dict) and data.get("dataset") is not None
+    return (JobSpec if has_dataset else ArrayJobSpec).model_validate_json(text)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What resolution needs to know of a dataset, without loading it into torch.
@@ -382,7 +403,7 @@ def check_limits(spec: JobSpec, limits: Limits) -> None:
          f"a hidden width of {max(hidden, default=0)} is over the limit "
          f"max_hidden_width={limits.max_hidden_width}"),
     ]
-    if spec.dataset.inline is not None:
+    if spec.dataset is not None and spec.dataset.inline is not None:
         rows = len(spec.dataset.inline.x)
         checks.append((rows > limits.max_inline_rows, "dataset.inline",
                        f"{rows} inline rows is over the limit "
@@ -456,6 +477,6 @@ def resolve_spec(spec: JobSpec, info: DatasetInfo, limits: Limits | None = None)
     if task == "multilabel" and loss_name == "multilabel_margin" and info.n_outputs < 1:
         raise SpecError("multilabel_margin needs at least one label", field="loss.name")
 
-    resolved = JobSpec.model_validate(data)
+    resolved = type(spec).model_validate(data)  # an ArrayJobSpec stays one
     check_limits(resolved, limits)
     return resolved

@@ -24,14 +24,14 @@ import torch
 from .builtin_callbacks import EarlyStopping, TimeLimit, make_scheduler, spec_callbacks
 from .callbacks import Callback, CallbackList, TrainState
 from .checkpoint import CHECKPOINT_FORMAT, READABLE_CHECKPOINT_FORMATS, restore
-from .diagnostics import epoch_diagnostics
+from .diagnostics import epoch_diagnostics, weight_grad_norms
 from .errors import DivergedError, SpecError, StopTraining, TrainingError
 from .losses import LossFn, make_loss, regularization
 from .metrics import EvalSet, evaluate
 from .model import MLP, _construct, build_model
 from .prepare import PreparedData, prepare_data
 from .registry import DIAGNOSTICS, OPTIMIZERS
-from .spec import JobSpec, Limits
+from .spec import ArrayJobSpec, JobSpec, Limits
 
 __all__ = ["fit", "FitResult", "TimeLimit", "seed_everything", "pick_device",
            "make_optimizer", "make_scheduler", "CHECKPOINT_FORMAT",
@@ -95,7 +95,8 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
         limits: Limits | None = None) -> FitResult:
     """Train the model a spec describes and return it with its history.
 
-    `x`, `y` (arrays or tensors) replace the spec's dataset. `callbacks` run after the
+    `x`, `y` (arrays or tensors) replace the spec's dataset; a spec given as a dict with
+    them needs no `dataset` (it is validated as an `ArrayJobSpec`). `callbacks` run after the
     spec's own (time limit, scheduler, early stopping). `resume` is a dict from
     `TrainState.checkpoint()` (saved with torch.save, loaded with weights_only=True): the
     run continues after its epoch and ends with the same weights as an uninterrupted run.
@@ -104,7 +105,8 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
     re-raises after `on_train_end`; a NaN or infinite loss raises `DivergedError`.
     """
     if not isinstance(spec, JobSpec):
-        spec = JobSpec.model_validate(spec)
+        arrays_only = x is not None and isinstance(spec, dict) and spec.get("dataset") is None
+        spec = (ArrayJobSpec if arrays_only else JobSpec).model_validate(spec)
     if num_threads:
         torch.set_num_threads(num_threads)
     dev = pick_device(spec.device, device)
@@ -133,9 +135,10 @@ def _run(state: TrainState, loop: _Loop) -> None:
                 break
             cbs.on_epoch_begin(state)
             started = time.perf_counter()
-            train_loss = loop.train_epoch(state, cbs.per_batch)
+            train_loss, objective = loop.train_epoch(state, cbs.per_batch)
             diagnostics = asked | cbs.wants_diagnostics(state, epoch)
-            record = loop.record(epoch, train_loss, diagnostics=diagnostics, started=started)
+            record = loop.record(epoch, train_loss, train_objective=objective,
+                                 diagnostics=diagnostics, started=started)
             state.history.append(record)
             state.epoch = epoch
             cbs.on_epoch_end(state, record)
@@ -185,17 +188,23 @@ class _Loop:
         hinge = spec.loss.params if spec.task == "metric_learning" else {}
         self.margin: float = hinge.get("margin", 1.0)
         self.p = 1 if hinge.get("distance") == "l1" else 2
+        # the last batch's weight-gradient norms before clipping (only when clipping)
+        self.unclipped_grad_norms: torch.Tensor | None = None
 
-    def train_epoch(self, state: TrainState, per_batch: Sequence[Callback]) -> float:
-        """One pass over the training rows in a fresh random order: the mean data loss."""
+    def train_epoch(self, state: TrainState, per_batch: Sequence[Callback]
+                    ) -> tuple[float, float | None]:
+        """One pass over the training rows in a fresh random order: the mean data loss,
+        and with an l1/l2 penalty the mean objective (data loss + penalty), else None."""
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         x, y, bs = self.data.x_train, self.data.y_train, self.batch_size
         params = list(model.parameters())
         l1, l2 = self.spec.regularization.l1, self.spec.regularization.l2
         clip = self.spec.training.gradient_clip_norm
+        last = (self.rows - 1) // bs * bs  # where the last batch starts
         model.train()
         perm = torch.randperm(x.shape[0], generator=self.gen).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
+        objective_sum = torch.zeros((), device=self.device) if l1 or l2 else None
         state.batch = 0
         for start in range(0, self.rows, bs):
             idx = perm[start:start + bs]
@@ -206,28 +215,37 @@ class _Loop:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             if clip is not None:
+                if start == last:  # gradient_norms reports gradients before clipping
+                    self.unclipped_grad_norms = weight_grad_norms(model)
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             loss_sum.add_(loss.detach(), alpha=idx.shape[0])
+            if objective_sum is not None:
+                objective_sum.add_(total.detach(), alpha=idx.shape[0])
             state.batch += 1
             for cb in per_batch:
                 cb.on_batch_end(state)
-        return loss_sum.item() / self.rows
+        if objective_sum is None:
+            return loss_sum.item() / self.rows, None
+        loss_total, objective_total = torch.stack([loss_sum, objective_sum]).tolist()
+        return loss_total / self.rows, objective_total / self.rows
 
-    def record(self, epoch: int, train_loss: float, *, diagnostics: Collection[str],
-               started: float) -> dict[str, Any]:
+    def record(self, epoch: int, train_loss: float, *, train_objective: float | None = None,
+               diagnostics: Collection[str], started: float) -> dict[str, Any]:
         """The epoch's record (fields: metric_table.METRICS); the model ends in eval mode."""
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
         lr = self.optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        if train_objective is not None:
+            record["train_objective"] = train_objective
         self.model.eval()
         if self.val_set.x.shape[0] > 0:
             record.update(self._validate())
             if not math.isfinite(record["val_loss"]):
                 raise DivergedError(epoch, record["val_loss"])
         if diagnostics:
-            record.update(self._diagnose(diagnostics, lr=lr, epoch=epoch))
+            record.update(self._diagnose(diagnostics, epoch=epoch))
         seconds = time.perf_counter() - started
         record.update({"lr": lr, "epoch_seconds": seconds,
                        "samples_per_second": self.rows / seconds if seconds > 0 else None})
@@ -238,7 +256,7 @@ class _Loop:
                         y_scale=self.data.y_scale, reference=self.train_set,
                         margin=self.margin, p=self.p)
 
-    def _diagnose(self, names: Collection[str], *, lr: float, epoch: int) -> dict[str, Any]:
+    def _diagnose(self, names: Collection[str], *, epoch: int) -> dict[str, Any]:
         if self._diagnostics_loss_fn is None:
             # diagnostics draw hinge pairs from the (forked) global RNG, never from self.gen
             self._diagnostics_loss_fn = make_loss(self.spec, self.data.y_train)
@@ -246,6 +264,8 @@ class _Loop:
         try:
             return epoch_diagnostics(self.spec, self.model, x_train=self.data.x_train,
                                      y_train=self.data.y_train, names=names,
-                                     loss_fn=self._diagnostics_loss_fn, lr=lr, epoch=epoch)
+                                     loss_fn=self._diagnostics_loss_fn,
+                                     optimizer=self.optimizer, epoch=epoch,
+                                     grad_norms=self.unclipped_grad_norms)
         finally:
             self.model.eval()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from .errors import SpecError, WeightsError
 from .model import MLP, build_model
-from .spec import JobSpec
+from .spec import JobSpec, stored_spec
 
 __all__ = ["save_model", "load_model", "export_state_dict", "read_metadata", "WEIGHTS_FORMAT"]
 
@@ -55,7 +55,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[JobSpec, dict[str, Any]
     if "spec" not in meta:
         raise WeightsError("the weights file has no 'spec' in its metadata")
     try:
-        spec = JobSpec.model_validate_json(meta["spec"])
+        spec = stored_spec(meta["spec"])  # no dataset when trained from arrays
         preprocessing = json.loads(meta.get("preprocessing", "{}"))
     except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
         raise WeightsError(f"the weights file's metadata is not valid: {exc}") from exc

@@ -41,7 +41,7 @@ def test_mirrored_constants_agree_with_the_engine() -> None:
     assert mem.MAX_PAIRS == losses.MAX_PAIRS
     assert mem.EVAL_CHUNK == metrics._CHUNK
     assert mem.SAMPLE_ROWS == diagnostics.SAMPLE_ROWS
-    assert mem.POINTS_PER_LINE == diagnostics.POINTS_PER_LINE
+    assert mem.CHUNK_VALUES == diagnostics.CHUNK_VALUES
 
 
 def test_the_module_imports_no_torch() -> None:

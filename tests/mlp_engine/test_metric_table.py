@@ -74,8 +74,13 @@ def test_table_entries_are_consistent() -> None:
         assert metric.validation == name.startswith("val_")
         if metric.monitor:  # what can be watched is a scalar score
             assert metric.goal in ("min", "max") and not metric.per_layer
-            assert metric.diagnostic is None
-    assert [m for m in METRICS if m.startswith(("train_", "val_"))] == list(MONITORED)
+            assert metric.diagnostic is None and not metric.penalty
+    # every train_/val_ score can be watched but train_objective, which a record has only
+    # when a penalty is on (so a watcher could not count on it)
+    watchable = [m for m in METRICS
+                 if m.startswith(("train_", "val_")) and not METRICS[m].penalty]
+    assert watchable == list(MONITORED)
+    assert [m for m in METRICS if METRICS[m].penalty] == ["train_objective"]
 
 
 def test_the_spec_and_the_scheduler_offer_the_table_s_choices() -> None:
@@ -158,3 +163,22 @@ def test_metric_table_imports_no_torch() -> None:
     code = ("import sys, mlp_engine.metric_table, mlp_engine.spec, mlp_engine.registry; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_penalty_adds_train_objective_to_the_record() -> None:
+    r = fit({**MOONS, "regularization": {"l2": 0.01}, "training": {"epochs": 2}})
+    for record in r.history:
+        assert set(record) == set(metrics_for_task("classification", penalty=True))
+    assert "train_objective" not in metrics_for_task("classification")
+    by_name = {m["name"]: m for m in metric_catalog()}
+    assert by_name["train_objective"]["penalty"] is True
+    assert by_name["train_objective"]["goal"] == "min"
+
+
+def test_the_loss_unit_says_standardised_for_regression() -> None:
+    by_name = {m["name"]: m for m in metric_catalog()}
+    for name in ("train_loss", "val_loss", "train_objective"):
+        assert "standardised target units" in by_name[name]["unit"]
+    for name in ("val_mse", "val_rmse", "val_mae"):
+        assert "target units" in by_name[name]["unit"]
+        assert "standardised" not in by_name[name]["unit"]

@@ -54,7 +54,8 @@ GAINS = {
 @pytest.mark.parametrize(("activation", "gain"), [
     *GAINS.items(),
     ({"name": "leaky_relu", "negative_slope": 0.2}, math.sqrt(2.0 / (1 + 0.2**2))),
-    ({"name": "leaky_relu", "negative_slope": 1.0}, 1.0),
+    # (a slope of 1.0, gain 1, was here: the spec now refuses it, SPEC section 2 amended)
+    ({"name": "leaky_relu", "negative_slope": 0.0}, math.sqrt(2.0)),
 ])
 def test_init_gain_is_calculate_gain(activation: Any, gain: float) -> None:
     act = ActivationSpec.model_validate(activation)
@@ -223,3 +224,71 @@ def test_forward_shapes_and_metric_learning_output() -> None:
                               batch_norm=True))
     out = model.eval()(torch.randn(7, 4))
     assert out.shape == (7, 8)  # the default embedding size
+
+
+# --------------------------------------------------------------------------- the default init
+
+AUTO_FAN_IN, AUTO_WIDTH = 256, 512  # a 256 -> 512 layer: fan_in and fan_out differ
+# The lecture's formulas, written out here (not read from the code under test):
+#   He (kaiming_normal, fan_in):  std = gain / sqrt(fan_in), gain sqrt(2), or
+#                                 sqrt(2 / (1 + a^2)) for leaky ReLU's slope a
+#   Xavier normal:                std = gain * sqrt(2 / (fan_in + fan_out)), gain 1 for
+#                                 sigmoid, 5/3 for tanh
+#   LeCun normal (for SELU):      std = sqrt(1 / fan_in)
+AUTO_STD = {
+    "relu": math.sqrt(2.0 / AUTO_FAN_IN),
+    "relu6": math.sqrt(2.0 / AUTO_FAN_IN),
+    "elu": math.sqrt(2.0 / AUTO_FAN_IN),
+    "gelu": math.sqrt(2.0 / AUTO_FAN_IN),
+    "silu": math.sqrt(2.0 / AUTO_FAN_IN),
+    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)) / math.sqrt(AUTO_FAN_IN),
+    "sigmoid": 1.0 * math.sqrt(2.0 / (AUTO_FAN_IN + AUTO_WIDTH)),
+    "tanh": 5.0 / 3.0 * math.sqrt(2.0 / (AUTO_FAN_IN + AUTO_WIDTH)),
+    "selu": math.sqrt(1.0 / AUTO_FAN_IN),
+}
+
+
+def _auto_layers(activation: Any, *, seed: int = 0, init: Any = None) -> list[nn.Linear]:
+    torch.manual_seed(seed)
+    model_fields = {} if init is None else {"init": init}
+    model = build_model(_spec(hidden=[AUTO_WIDTH, AUTO_WIDTH], inputs=AUTO_FAN_IN, outputs=3,
+                              activation=activation, **model_fields))
+    return model.linear_layers()
+
+
+@pytest.mark.parametrize("activation", sorted(AUTO_STD))
+def test_the_default_init_is_the_lecture_s(activation: str) -> None:
+    layers = _auto_layers(activation)  # no init given: the default, auto
+    w = layers[0].weight.detach()
+    # 131 072 weights: the sample std is within ~0.2 % of the true one (±1 standard error)
+    assert w.std().item() == pytest.approx(AUTO_STD[activation], rel=0.02)
+    assert abs(w.mean().item()) < 5 * AUTO_STD[activation] / math.sqrt(w.numel())
+    for layer in layers:  # biases exactly 0 in every layer, the output's too
+        assert torch.count_nonzero(layer.bias) == 0
+    # normal, not uniform: the kurtosis of a normal is 3 (a uniform's is 1.8)
+    z = (w - w.mean()) / w.std()
+    assert (z**4).mean().item() == pytest.approx(3.0, abs=0.1)
+
+
+def test_auto_with_a_leaky_slope_uses_it() -> None:
+    slope = 0.3
+    w = _auto_layers({"name": "leaky_relu", "negative_slope": slope})[0].weight.detach()
+    assert w.std().item() == pytest.approx(
+        math.sqrt(2.0 / (1 + slope**2)) / math.sqrt(AUTO_FAN_IN), rel=0.02)
+
+
+def test_auto_is_the_explicit_init_it_names() -> None:
+    # same seed, same draws: auto for relu is kaiming_normal, for tanh xavier_normal
+    for activation, explicit in (("relu", "kaiming_normal"), ("tanh", "xavier_normal")):
+        auto = _auto_layers(activation, seed=3)
+        named = _auto_layers(activation, seed=3, init=explicit)
+        for a, b in zip(auto, named, strict=True):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_auto_differs_from_torch_default() -> None:
+    # what the default used to be: biases non-zero, ReLU layers at 0.41x He's std
+    old = _auto_layers("relu", init="torch_default")[0]
+    assert torch.count_nonzero(old.bias) > 0
+    ratio = old.weight.std().item() / AUTO_STD["relu"]
+    assert ratio == pytest.approx(1 / math.sqrt(6), rel=0.02)  # 0.408

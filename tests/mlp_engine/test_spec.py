@@ -8,13 +8,16 @@ import pytest
 from pydantic import ValidationError
 
 from mlp_engine.errors import SpecError
+from mlp_engine.registry import ACTIVATIONS, INITS, catalog
 from mlp_engine.spec import (
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_HIDDEN_DIM,
+    ArrayJobSpec,
     DatasetInfo,
     JobSpec,
     Limits,
     resolve_spec,
+    stored_spec,
 )
 
 IRIS: dict[str, Any] = {"builtin": "iris"}
@@ -96,7 +99,12 @@ def test_unknown_params_are_named(data: dict[str, Any], where: str, text: str) -
 
 @pytest.mark.parametrize(("data", "where", "text"), [
     (spec(model={"activation": {"name": "leaky_relu", "negative_slope": 2}}),
-     "model.activation", "negative_slope must be <= 1.0"),
+     "model.activation", "negative_slope must be < 1.0"),
+    # a slope of 1 is the identity: the network would be affine (it used to be accepted)
+    (spec(model={"activation": {"name": "leaky_relu", "negative_slope": 1}}),
+     "model.activation", "negative_slope must be < 1.0"),
+    (spec(model={"activation": {"name": "leaky_relu", "negative_slope": -0.1}}),
+     "model.activation", "negative_slope must be >= 0.0"),
     (spec(model={"activation": {"name": "elu", "alpha": 0}}), "model.activation",
      "alpha must be > 0.0"),
     (spec(model={"activation": {"name": "gelu", "approximate": "erf"}}), "model.activation",
@@ -236,7 +244,9 @@ def test_defaults() -> None:
     assert s.task is None and s.loss is None  # both follow from the data at resolution
     assert s.model.hidden_dims == [DEFAULT_HIDDEN_DIM, DEFAULT_HIDDEN_DIM]
     assert s.model.activation.name == "relu"
-    assert s.model.init.name == "torch_default"
+    # the lecture's init for the activation (SPEC section 2, amended: it was torch_default,
+    # which leaves biases non-zero and gives ReLU layers 0.41x He's std); kept as "auto"
+    assert s.model.init.name == "auto"
     assert s.optimizer.name == "adam" and s.optimizer.params["lr"] == 0.001
     assert s.optimizer.scheduler is None
     assert s.training.early_stopping is None
@@ -421,3 +431,64 @@ def test_resolved_spec_round_trips_and_resolves_again() -> None:
     again = JobSpec.model_validate_json(r.model_dump_json())
     assert again == r
     assert resolve_spec(again, IRIS_INFO) == r
+
+
+# --------------------------------------------------------------------------- amended §2, §5
+
+
+def test_a_leaky_slope_just_below_one_is_an_activation() -> None:
+    s = JobSpec.model_validate(spec(model={"activation": {"name": "leaky_relu",
+                                                          "negative_slope": 0.999}}))
+    assert s.model.activation.params == {"negative_slope": 0.999}
+
+
+def test_auto_init_stays_visible_and_the_catalog_says_what_it_means() -> None:
+    r = resolve_spec(JobSpec.model_validate(spec(model={"activation": "tanh"})), IRIS_INFO)
+    assert r.model.init.name == "auto"
+    assert r.model_dump(mode="json")["model"]["init"] == {"name": "auto"}
+    cat = catalog()
+    assert cat["default_init"] == "auto" and "auto" in INITS
+    auto_doc = next(c["doc"] for c in cat["inits"] if c["name"] == "auto")
+    assert "kaiming_normal" in auto_doc and "xavier_normal" in auto_doc
+    assert "LeCun" in auto_doc
+    # every activation says which init `auto` gives it (SPEC §2's list)
+    picks = {c["name"]: c["auto_init"] for c in cat["activations"]}
+    assert set(picks) == set(ACTIVATIONS)
+    for name in ("relu", "leaky_relu", "relu6", "elu", "gelu", "silu"):
+        assert picks[name] == {"name": "kaiming_normal"}
+    assert picks["sigmoid"] == picks["tanh"] == {"name": "xavier_normal"}
+    assert picks["selu"] == {"name": "kaiming_normal", "gain": "linear"}
+
+
+def test_the_catalog_says_regression_losses_are_in_standardised_units() -> None:
+    losses = {c["name"]: c for c in catalog()["losses"]}
+    for name in ("mse", "l1", "smooth_l1", "huber"):
+        assert "standardised target units" in losses[name]["unit"]
+        assert "val_mse" in losses[name]["unit"]
+    assert "unit" not in losses["cross_entropy"]
+
+
+def test_the_job_spec_still_requires_a_dataset() -> None:
+    # the API's request body: a spec without data is refused as a missing field
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({"training": {"epochs": 1}})
+    (err,) = info.value.errors()
+    assert err["type"] == "missing" and err["loc"] == ("dataset",)
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate({"dataset": None})
+    assert "dataset" in JobSpec.model_json_schema()["required"]
+
+
+def test_an_array_job_spec_needs_no_dataset() -> None:
+    s = ArrayJobSpec.model_validate({"model": {"hidden_dims": [4]}})
+    assert s.dataset is None and isinstance(s, JobSpec)
+    r = resolve_spec(s, IRIS_INFO)
+    assert type(r) is ArrayJobSpec and r.dataset is None and r.model.input_dim == 4
+    # stored as JSON (a weights file, a checkpoint) it reads back as what it was
+    assert stored_spec(r.model_dump_json()) == r
+    with_data = resolve_spec(JobSpec.model_validate(spec()), IRIS_INFO)
+    back = stored_spec(with_data.model_dump_json())
+    assert type(back) is JobSpec and back == with_data
+    # everything else is validated as for a JobSpec
+    with pytest.raises(ValidationError, match="colour"):
+        ArrayJobSpec.model_validate({"colour": "red"})
