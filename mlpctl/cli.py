@@ -6,6 +6,7 @@
     mlpctl keys create --tenant NAME [--data-dir DIR]
     mlpctl jobs submit spec.yaml [--wait] | get ID | list | wait ID | cancel ID | metrics ID
     mlpctl jobs weights ID -o model.safetensors [--format pt|onnx] | predict ID x.json
+    mlpctl jobs logs ID [-f] [--since N]       # the job's log; -f follows it until the end
     mlpctl datasets upload data.csv --target y | list | get ID | delete ID
 
 Server commands read the same environment as the service (`MLP_DATA_DIR`, `DATABASE_URL`,
@@ -213,6 +214,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         client.delete_job(args.job_id)
     elif action == "metrics":
         _print(client.metrics(args.job_id, since=args.since))
+    elif action == "logs":
+        if args.follow:
+            for line in client.follow_logs(args.job_id, since=args.since):
+                print(line, flush=True)
+        else:
+            sys.stdout.write(client.logs(args.job_id, since=args.since))
     elif action == "weights":
         out = args.output or f"{args.job_id}.{args.format}"
         client.weights(args.job_id, out, format=args.format)
@@ -320,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     j = jobs.add_parser("metrics", help="per-epoch metrics")
     j.add_argument("job_id")
     j.add_argument("--since", type=int)
+    j = jobs.add_parser("logs", help="the job's log (start, device, data, epochs, warnings, "
+                                     "errors)")
+    j.add_argument("job_id")
+    j.add_argument("-f", "--follow", action="store_true",
+                   help="print new lines as they come, until the job ends")
+    j.add_argument("--since", type=int, help="only lines after this line number")
     j = jobs.add_parser("weights", help="download the trained weights")
     j.add_argument("job_id")
     j.add_argument("-o", "--output")

@@ -6,6 +6,8 @@
     job = client.wait(job["id"])
     client.weights(job["id"], "iris.safetensors")      # checks the sha256 ETag
     client.predict(job["id"], [[5.1, 3.5, 1.4, 0.2]])
+    for line in client.follow_logs(job["id"]):          # the job's log, until it ends
+        print(line)
 
 Every method answers the JSON the API answers (plain dicts); an HTTP error raises
 `APIError` carrying the status code and the service's message.
@@ -185,6 +187,29 @@ class Client:
     def metrics(self, job_id: str, *, since: int | None = None) -> dict[str, Any]:
         params = {"since": since} if since is not None else None
         return self._json("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+
+    def logs(self, job_id: str, since: int | None = None) -> str:
+        """The job's log as text, one line per log line (`<time> <LEVEL> <message>`);
+        `since=N` gives the lines after line N (the answer's `X-Log-Last-Line` header is the
+        number of its last line)."""
+        params = {"since": since} if since is not None else None
+        return self._request("GET", f"/v1/jobs/{job_id}/logs", params=params).text
+
+    def follow_logs(self, job_id: str, *, since: int | None = None,
+                    timeout: float | None = None) -> Iterator[str]:
+        """The job's log lines (without their newline) as they are written, until the job
+        ends."""
+        params = {"follow": "true", **({"since": since} if since is not None else {})}
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/logs", params=params,
+                               timeout=httpx.Timeout(timeout, connect=10.0)) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    body: Any = response.json()
+                except ValueError:
+                    body = response.text
+                raise APIError(response.status_code, _message(body, "error"), body)
+            yield from response.iter_lines()
 
     def model_card(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}/model")

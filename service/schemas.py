@@ -317,6 +317,10 @@ class ModelCard(BaseModel):
     preprocessing: dict[str, Any] | None = None
     class_labels: list[Any] | None = None
     metrics: dict[str, Any] | None = None
+    loss_unit: str | None = Field(
+        default=None, description="what unit train_loss and val_loss are in (for regression "
+                                  "with standardised targets: the target's standard "
+                                  "deviations; val_mse/val_rmse/val_mae are in its own units)")
     weights: Artifact
     formats: list[WeightsFormat] = Field(
         default_factory=lambda: ["safetensors"],

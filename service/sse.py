@@ -1,5 +1,9 @@
-"""Server-Sent Events for one job: `status` (the job), `metrics` (one epoch record each,
-with `id: <epoch>`), then one `end` event once the job is terminal.
+"""Live streams of one job: Server-Sent Events (`job_event_stream`) and the follow mode of
+its log (`job_log_stream`), both bounded by `StreamSlots` and reading the database on the
+streams' own threads.
+
+The events: `status` (the job), `metrics` (one epoch record each, with `id: <epoch>`), then
+one `end` event once the job is terminal.
 
 The stream subscribes to the job's Redis channel *before* it reads the database, so an
 event published in between is not missed; it then sends the job and the epochs recorded
@@ -27,12 +31,15 @@ from sqlalchemy.orm import Session
 
 from messaging.live_events import decode_event, events_channel
 from store.jobs import get_job, get_metrics
+from store.logs import get_log_lines
 from store.status import TERMINAL
+from store.timefmt import rfc3339
 
 from .errors import TooManyRequests
 from .schemas import JobPublic
 
-__all__ = ["job_event_stream", "format_event", "StreamSlots", "StreamSlot", "stream_owner"]
+__all__ = ["job_event_stream", "format_event", "StreamSlots", "StreamSlot", "stream_owner",
+           "job_log_stream", "format_log_line"]
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +256,53 @@ async def _close(pubsub: Any) -> None:
             await pubsub.aclose()
         except Exception:  # closing a dead connection may fail; nothing to do about it
             pass
+
+
+# --------------------------------------------------------------------------- log follow
+
+LOG_BATCH = 1000  # lines one database read of a follow stream takes at most
+
+
+def format_log_line(line: Any) -> str:
+    """`2026-11-29T17:00:00.123Z INFO epoch 3/30 train_loss=0.41 ...` and a newline."""
+    return f"{rfc3339(line.created_at)} {line.level} {line.message}\n"
+
+
+def _log_snapshot(session_factory: Callable[[], Session], job_id: str, since: int,
+                  limit: int) -> tuple[str | None, int, str]:
+    """(the job's status or None when it is gone, the last line number read, the text of
+    the lines after `since`). The status is read first: once it is terminal, every line the
+    worker wrote (it writes them before it finishes the job) is among those read after."""
+    with session_factory() as session:
+        job = get_job(session, job_id)
+        if job is None:
+            return None, since, ""
+        status = job.status
+        lines = get_log_lines(session, job_id, since=since, limit=limit)
+        last = lines[-1].line_no if lines else since
+        return status, last, "".join(format_log_line(line) for line in lines)
+
+
+async def job_log_stream(*, job_id: str, session_factory: Callable[[], Session],
+                         since: int = 0, poll_s: float = 1.0, slot: StreamSlot | None = None,
+                         db_limiter: anyio.CapacityLimiter | None = None,
+                         batch: int = LOG_BATCH) -> AsyncIterator[bytes]:
+    """The job's log lines after line `since` as text, then new ones as they are written
+    (read every `poll_s` seconds on `db_limiter`'s threads), until the job is terminal and
+    every line is sent, or it is deleted. `slot` is released when the stream ends."""
+    try:
+        last = since
+        while True:
+            before = last
+            status, last, text = await anyio.to_thread.run_sync(
+                _log_snapshot, session_factory, job_id, last, batch, limiter=db_limiter)
+            if text:
+                yield text.encode()
+            more = last - before >= batch  # numbers have no gaps: a full batch, read on
+            if status is None or (status in TERMINAL and not more):
+                return
+            if not more:
+                await asyncio.sleep(poll_s)
+    finally:
+        if slot is not None:
+            slot.release()

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models: tenants and API keys, datasets, jobs and per-epoch metrics.
+"""SQLAlchemy 2 models: tenants and API keys, datasets, jobs, per-epoch metrics and log lines.
 
 The database is the source of truth for every job; Redis only carries messages.
 """
@@ -26,8 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .status import ACTIVE, TERMINAL, JobStatus
 
-__all__ = ["Base", "Tenant", "ApiKey", "Dataset", "Job", "JobMetric", "JobStatus", "utcnow",
-           "new_id", "TERMINAL", "ACTIVE"]
+__all__ = ["Base", "Tenant", "ApiKey", "Dataset", "Job", "JobMetric", "JobLogLine", "JobStatus",
+           "utcnow", "new_id", "TERMINAL", "ACTIVE"]
 
 
 def utcnow() -> datetime:
@@ -151,3 +151,17 @@ class JobMetric(Base):
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobLogLine(Base):
+    """One line of a job's log (store.logs): numbered 1, 2, ... per job across its attempts;
+    the primary key makes a number impossible to use twice."""
+
+    __tablename__ = "job_log_lines"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    level: Mapped[str] = mapped_column(String(8))  # INFO, WARNING, ERROR
+    message: Mapped[str] = mapped_column(Text)

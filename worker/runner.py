@@ -3,7 +3,8 @@
 claim (or return) → load the spec and the data → resume from the checkpoint the job row
 names, if any → `fit` with the callbacks of `job_callbacks` → write the weights → finish the
 job. Every outcome ends in the database with a clear error type and message (never a stack
-trace); every status change is published as a `status` event.
+trace); every status change is published as a `status` event. While it trains, the job
+has its own log (worker.job_log: start, device, data, epochs, warnings, how it ended).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from store.timefmt import as_utc
 from .callbacks import CheckpointWriter, EventPublisher, JobLedger, MetricsRecorder, StopWatcher
 from .checkpoints import read_checkpoint
 from .errors import CheckpointUnreadable, LeaseLost
+from .job_log import JobLog, JobLogRecorder, LogLimits, error_lines, job_logger
 from .lease import Heartbeat
 from .memory_limit import job_memory_limit
 from .settings import WorkerSettings
@@ -57,6 +59,7 @@ class WorkerContext:
     artifacts: ArtifactStore
     worker_id: str
     num_threads: int | None = None
+    log_limits: LogLimits = field(default_factory=LogLimits)
     _sender: Any = None
 
     def sender(self) -> Any:
@@ -79,6 +82,8 @@ class WorkerContext:
             artifacts=ArtifactStore(s.artifacts_url),  # type: ignore[arg-type]
             worker_id=make_worker_id(),
             num_threads=int(threads) if threads else s.torch_threads(),
+            log_limits=LogLimits(max_lines=s.max_log_lines_per_job,
+                                 max_chars=s.max_log_line_chars),
         )
 
 
@@ -215,14 +220,30 @@ def _finish(ctx: WorkerContext, job_id: str, status: str, **kwargs: Any) -> str:
 
 
 def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
+    # the job's own log (worker.job_log): what this attempt says about the job, kept in the
+    # database and fenced by the lease like the metrics
+    job_log = JobLog(job_id=job.id, session_factory=ctx.session_factory,
+                     worker_id=ctx.worker_id, limits=ctx.log_limits)
+    with job_log.attached():
+        return _train_logged(job, ctx, heartbeat, job_log)
+
+
+def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: JobLog) -> str:
     from mlp_engine.spec import JobSpec
 
     job_id = job.id
+    epochs = int(job.epochs or 0)
+    if job.checkpoint_uri:
+        job_logger.info("start: attempt %s, resuming from the checkpoint of epoch %s of %s",
+                        job.attempts, job.checkpoint_epoch, epochs)
+    else:
+        job_logger.info("start: attempt %s, from epoch 0 of %s", job.attempts, epochs)
     try:
         # the stored spec was resolved by the API; fit resolves it again against the data
         # with the same function (mlp_engine.spec.resolve_spec, through prepare_data)
         spec = JobSpec.model_validate(job.spec)
         device = _pick_device(spec.device)
+        job_logger.info("device: %s", _describe_device(device, ctx.num_threads))
         current = _set_device(ctx, job_id, device)
         if current is not None:
             _publish(ctx, current)
@@ -231,7 +252,8 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
         with job_memory_limit(ctx.settings.max_job_memory_bytes):
             x, y = _load_data(ctx, job)
             resume = _load_checkpoint(ctx, job)
-            callbacks = job_callbacks(job, spec=spec, ctx=ctx, heartbeat=heartbeat)
+            callbacks = job_callbacks(job, spec=spec, ctx=ctx, heartbeat=heartbeat,
+                                      job_log=job_log)
             from mlp_engine.training import fit
 
             # one line per training run: the fault tests count them (none may run twice)
@@ -244,31 +266,51 @@ def _train(job: Job, ctx: WorkerContext, heartbeat: Heartbeat) -> str:
         updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
         if result.best_epoch is not None:
             updates["best_epoch"] = result.best_epoch
+        job_logger.info("succeeded after epoch %s of %s",
+                        result.history[-1]["epoch"] if result.history else 0,
+                        spec.training.epochs)
+        job_log.save()  # before the finish, while this worker still holds the job
         return _finish(ctx, job_id, JobStatus.SUCCEEDED, weights=weights,
                        summary_updates=updates)
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; this attempt stops", job_id)
-        return "lease_lost"
+        return "lease_lost"  # its log lines are the next holder's to write, not ours
     except Exception as exc:  # every outcome must reach the database
         status, error = classify_error(exc)
         if status == JobStatus.FAILED and error[0] == "internal_error":
             log.exception("job %s failed", job_id)
         else:
             log.info("job %s: %s %s", job_id, status, error)
+        if status == JobStatus.CANCELLED:
+            job_logger.info("cancelled by request")
+        else:
+            for line in error_lines(exc, error, status=status):
+                job_logger.error("%s", line)
+        job_log.save()
         return _finish(ctx, job_id, status,
                        error=None if status == JobStatus.CANCELLED else error)
     # KeyboardInterrupt, SystemExit: the worker goes down; the lease expires and another
     # delivery resumes the job from its last checkpoint
 
 
+def _describe_device(device: str, threads: int | None) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{device}, {threads} torch threads" if threads else device
+
+
 def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
-                  heartbeat: Heartbeat | None = None) -> list[Callback]:
+                  heartbeat: Heartbeat | None = None,
+                  job_log: JobLog | None = None) -> list[Callback]:
     """The callbacks one attempt of `job` hands to `fit`, in the order they run.
 
     The order is the promise of SPEC 7: at an epoch's end its checkpoint, when one is due,
     is written and named in the job row (with the records up to it) before the epoch's
     metrics are recorded on their own or published; the stop check comes last, so an epoch
-    that finished is kept even when training stops right after it.
+    that finished is kept even when training stops right after it. With `job_log`, the
+    job's log says each epoch too (JobLogRecorder, before the stop check).
     """
     s = ctx.settings
     # records up to job.epoch are in the database already (an earlier attempt's)
@@ -281,6 +323,7 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
                          interval_s=s.checkpoint_interval_s),
         MetricsRecorder(ledger, flush_s=s.metrics_flush_s),
         EventPublisher(ctx.redis, job_id=job.id, after_epoch=job.epoch),
+        *([JobLogRecorder(job_log, flush_s=s.metrics_flush_s)] if job_log else []),
         StopWatcher(ctx.redis, job_id=job.id, heartbeat=heartbeat, poll_s=s.cancel_poll_s),
     ]
 

@@ -58,6 +58,14 @@ class WorkerSettings(CommonSettings):
         validation_alias=_alias("MLP_METRICS_FLUSH_S", "metrics_flush_s"))
     cancel_poll_s: float = Field(
         default=0.2, ge=0, le=60, validation_alias=_alias("MLP_CANCEL_POLL_S", "cancel_poll_s"))
+    max_log_lines_per_job: int = Field(
+        default=10_000, ge=1,
+        validation_alias=_alias("MLP_MAX_LOG_LINES_PER_JOB", "max_log_lines_per_job"),
+        description="log lines kept per job; past it, one 'log truncated' line")
+    max_log_line_chars: int = Field(
+        default=2_000, ge=80,
+        validation_alias=_alias("MLP_MAX_LOG_LINE_CHARS", "max_log_line_chars"),
+        description="characters kept of one log line")
 
     @model_validator(mode="after")
     def _check_queues(self) -> Self:

@@ -1,5 +1,6 @@
 """Jobs: create (validate, store, queue), list, read, cancel, delete, and what a job
-produces: per-epoch metrics, a live event stream, weights, a model card, predictions."""
+produces: per-epoch metrics, a live event stream, its log, weights, a model card,
+predictions."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from store.jobs import (
     mark_enqueued,
     request_cancel,
 )
+from store.logs import get_log_lines
 from store.models import Job, JobStatus
 
 from ..deps import JobDep, ServicesDep, SessionDep, TenantDep
@@ -52,7 +54,7 @@ from ..schemas import (
     WeightsFormat,
 )
 from ..specs import request_hash, resolve_for_tenant
-from ..sse import job_event_stream, stream_owner
+from ..sse import format_log_line, job_event_stream, job_log_stream, stream_owner
 
 __all__ = ["router"]
 
@@ -235,6 +237,42 @@ def events(job: JobDep, services: ServicesDep, session: SessionDep, request: Req
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+LAST_LINE_HEADER = "X-Log-Last-Line"
+
+
+@router.get("/{job_id}/logs", response_class=StreamingResponse, operation_id="getJobLogs",
+            responses={**_NOT_FOUND, 200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "one line per log line: `<RFC 3339 time> <LEVEL> <message>`; "
+                               f"`{LAST_LINE_HEADER}` is the number of the last line sent "
+                               "(pass it back as `since`); with follow=true, chunked until "
+                               "the job ends"}},
+            summary="the job's log: start, device, data, epochs, warnings, errors")
+def logs(job: JobDep, services: ServicesDep, session: SessionDep, request: Request,
+         since: Annotated[int | None, Query(ge=0, le=2**31,
+                                            description="only lines after this line number")
+                          ] = None,
+         follow: Annotated[bool, Query(description="stream new lines until the job ends")
+                           ] = False) -> Response:
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if not follow:
+        lines = get_log_lines(session, job.id, since=since)
+        last = lines[-1].line_no if lines else since or 0
+        return Response("".join(format_log_line(line) for line in lines),
+                        media_type="text/plain; charset=utf-8",
+                        headers={**headers, LAST_LINE_HEADER: str(last)})
+    job_id = job.id
+    # a follow stream counts as an event stream: the same bounds, the same database threads
+    slot = services.streams.acquire(stream_owner(request, job.tenant_id))
+    session.close()  # give the connection back: the stream may last hours
+    stream = job_log_stream(job_id=job_id, session_factory=services.session_factory,
+                            since=since or 0, poll_s=services.settings.sse_poll_s, slot=slot,
+                            db_limiter=services.streams.db_limiter)
+    return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
+                             background=BackgroundTask(slot.release),
+                             headers={**headers, "X-Accel-Buffering": "no"})
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -351,9 +389,18 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
         job_id=job.id, name=job.name, task=spec.get("task"), spec=spec, layers=layers,
         parameter_count=sum(r.parameters for r in layers if r.trainable),
         preprocessing=preprocessing, class_labels=labels, metrics=public.metrics,
+        loss_unit=_loss_unit(spec),
         weights=(public.artifacts or {}).get("weights") or Artifact(),
         formats=["safetensors", *(["pt"] if job.weights_pt_uri else []),
                  *(["onnx"] if onnx_available() else [])])
+
+
+def _loss_unit(spec: dict[str, Any]) -> str:
+    from mlp_engine.registry import LOSSES
+
+    entry = LOSSES.get(str((spec.get("loss") or {}).get("name")))
+    unit = entry.extra.get("unit") if entry is not None else None
+    return str(unit) if unit else "the loss's own units (see GET /v1/catalog → losses)"
 
 
 @router.post("/{job_id}/predict", response_model=PredictResult, operation_id="predict",

@@ -32,6 +32,7 @@ V1_ROUTES = [
     ("DELETE", "/v1/jobs/job_x"), ("GET", "/v1/jobs/job_x/metrics"),
     ("GET", "/v1/jobs/job_x/events"), ("GET", "/v1/jobs/job_x/weights"),
     ("GET", "/v1/jobs/job_x/model"), ("POST", "/v1/jobs/job_x/predict"),
+    ("GET", "/v1/jobs/job_x/logs"),
     ("POST", "/v1/datasets"), ("GET", "/v1/datasets"), ("GET", "/v1/datasets/ds_x"),
     ("DELETE", "/v1/datasets/ds_x"),
 ]

@@ -19,7 +19,8 @@ def owned(harness, trained):
 
 
 JOB_ROUTES = [("GET", ""), ("POST", "/cancel"), ("DELETE", ""), ("GET", "/metrics"),
-              ("GET", "/events"), ("GET", "/weights"), ("GET", "/model"), ("POST", "/predict")]
+              ("GET", "/events"), ("GET", "/weights"), ("GET", "/model"), ("POST", "/predict"),
+              ("GET", "/logs"), ("GET", "/weights?format=onnx")]
 
 
 @pytest.mark.parametrize("method,suffix", JOB_ROUTES)

@@ -74,6 +74,7 @@ def test_model_card(client, done):
     assert card["metrics"]["final"]["epoch"] == 3
     assert card["weights"]["sha256"] == job["artifacts"]["weights"]["sha256"]
     assert card["formats"] == ["safetensors", "pt", "onnx"]
+    assert card["loss_unit"]  # classification: the loss's own units
 
 
 def test_predict_matches_the_engine(client, done, trained):
