@@ -53,6 +53,8 @@ def get_catalog(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 
 @router.post("/specs/validate", response_model=ValidateResult, operation_id="validateSpec",
              responses={400: {"model": ErrorBody, "description": "a body that is not UTF-8 JSON"},
+                        413: {"model": ErrorBody,
+                              "description": "a body over MLP_MAX_REQUEST_BYTES"},
                         422: {"model": ValidationErrorBody,
                               "description": "the spec cannot be used; `message` names the "
                                              "field or limit"}},

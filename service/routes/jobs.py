@@ -69,7 +69,9 @@ _NOT_FOUND: Responses = {404: {**_E, "description": "no such job for this API ke
 _INVALID: Responses = {
     422: {"model": ValidationErrorBody, "description": "`message` names the field"}}
 _NOT_READY: Responses = {409: {**_E, "description": "the job has not succeeded"}}
-_UNPARSABLE: Responses = {400: {**_E, "description": "a body that is not UTF-8 JSON"}}
+# every route with a JSON body: the body may be unparsable, or over MLP_MAX_REQUEST_BYTES
+_UNPARSABLE: Responses = {400: {**_E, "description": "a body that is not UTF-8 JSON"},
+                          413: {**_E, "description": "a body over MLP_MAX_REQUEST_BYTES"}}
 _JOB_ID = {"job_id": "$response.body#/id"}
 # OpenAPI links: what a created job's id opens (clients and fuzzers follow them)
 _JOB_LINKS = {name: {"operationId": op, "parameters": _JOB_ID} for name, op in (
