@@ -17,13 +17,17 @@ from pathlib import Path
 
 from store.artifacts import ArtifactStore
 
+from .errors import Unavailable
+
 __all__ = ["onnx_available", "onnx_export", "onnx_key"]
 
 # what torch.onnx.export needs (the `server` extra brings them)
 _EXPORTER_PACKAGES = ("onnxscript", "onnx")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# one export at a time in this process: the first requests for a job wait for one export
+# one export at a time in this process; a request that finds one under way is answered 503
+# with Retry-After at once, so exports never hold the threads other requests need
 _LOCK = threading.Lock()
+RETRY_AFTER_S = 5
 
 
 def onnx_available() -> bool:
@@ -53,7 +57,10 @@ def onnx_export(artifacts: ArtifactStore, *, job_id: str, weights_key: str,
     sha = _recorded(artifacts, key)
     if sha is not None:
         return key, sha
-    with _LOCK:
+    if not _LOCK.acquire(blocking=False):
+        raise Unavailable("an ONNX export is under way in this API process; retry in a few "
+                          "seconds", headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
         sha = _recorded(artifacts, key)  # exported while this request waited
         if sha is not None:
             return key, sha
@@ -65,4 +72,6 @@ def onnx_export(artifacts: ArtifactStore, *, job_id: str, weights_key: str,
             path = export_onnx(load_model(weights), Path(tmp) / "weights.onnx")
             _, sha = artifacts.put_file(key, path)
         artifacts.put_bytes(f"{key}.sha256", f"{sha}\n".encode())
+    finally:
+        _LOCK.release()
     return key, sha

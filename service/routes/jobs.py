@@ -300,7 +300,9 @@ def _etag_matches(header: str | None, etag: str) -> bool:
                            "description": "safetensors (or a torch state_dict with "
                                           "format=pt, or an ONNX model that takes raw "
                                           "features with format=onnx); ETag is the sha256"},
-                       304: {"description": "If-None-Match matched the ETag"}},
+                       304: {"description": "If-None-Match matched the ETag"},
+                       503: {**_E, "description": "format=onnx while another export runs "
+                                                  "in this process (Retry-After)"}},
             summary="download the trained weights")
 def weights(job: JobDep, services: ServicesDep,
             format: Annotated[WeightsFormat, Query(

@@ -217,3 +217,25 @@ def test_deleting_the_job_removes_its_export(harness, jobs, tmp_path):
     artifacts = harness.services.artifacts
     assert not artifacts.exists(f"jobs/{job_id}/weights.onnx")
     assert not artifacts.exists(f"jobs/{job_id}/weights.onnx.sha256")
+
+
+def test_an_export_under_way_answers_503_rather_than_holding_a_request_thread(harness, jobs):
+    """Exports are slow (seconds): one at a time per process, and a request for another
+    that would have to wait gets 503 with Retry-After at once (SPEC 7)."""
+    from service import exports
+
+    headers, ids = jobs
+    job_id = ids["classification"]
+    artifacts = harness.services.artifacts
+    for key in (f"jobs/{job_id}/weights.onnx.sha256", f"jobs/{job_id}/weights.onnx"):
+        if artifacts.exists(key):
+            artifacts.delete(key)
+    url = f"/v1/jobs/{job_id}/weights"
+    assert exports._LOCK.acquire(blocking=False)
+    try:
+        busy = harness.client.get(url, headers=headers, params={"format": "onnx"})
+    finally:
+        exports._LOCK.release()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5", busy.text
+    assert harness.client.get(url, headers=headers,
+                              params={"format": "onnx"}).status_code == 200
