@@ -26,7 +26,6 @@ from .idempotency import replayed
 from .locks import lock_row
 from .models import ACTIVE, TERMINAL, Dataset, Job, JobMetric, JobStatus, Tenant, new_id, utcnow
 from .paging import keyset_page
-from .timefmt import as_utc, rfc3339
 
 __all__ = [
     "create_job",
@@ -45,8 +44,6 @@ __all__ = [
     "count_by_status",
     "mark_enqueued",
     "summarize",
-    "rfc3339",
-    "as_utc",
     "json_safe",
 ]
 
