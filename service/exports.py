@@ -12,12 +12,11 @@ from __future__ import annotations
 import importlib.util
 import re
 import tempfile
-import threading
 from pathlib import Path
 
 from store.artifacts import ArtifactStore
 
-from .errors import Unavailable
+from .busy import BusyGate
 
 __all__ = ["onnx_available", "onnx_export", "onnx_key"]
 
@@ -26,8 +25,9 @@ _EXPORTER_PACKAGES = ("onnxscript", "onnx")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # one export at a time in this process; a request that finds one under way is answered 503
 # with Retry-After at once, so exports never hold the threads other requests need
-_LOCK = threading.Lock()
 RETRY_AFTER_S = 5
+_EXPORTS = BusyGate(1, busy_message="an ONNX export is under way in this API process; retry "
+                                    "in a few seconds", retry_after_s=RETRY_AFTER_S)
 
 
 def onnx_available() -> bool:
@@ -57,10 +57,7 @@ def onnx_export(artifacts: ArtifactStore, *, job_id: str, weights_key: str,
     sha = _recorded(artifacts, key)
     if sha is not None:
         return key, sha
-    if not _LOCK.acquire(blocking=False):
-        raise Unavailable("an ONNX export is under way in this API process; retry in a few "
-                          "seconds", headers={"Retry-After": str(RETRY_AFTER_S)})
-    try:
+    with _EXPORTS.hold():
         sha = _recorded(artifacts, key)  # exported while this request waited
         if sha is not None:
             return key, sha
@@ -72,6 +69,4 @@ def onnx_export(artifacts: ArtifactStore, *, job_id: str, weights_key: str,
             path = export_onnx(load_model(weights), Path(tmp) / "weights.onnx")
             _, sha = artifacts.put_file(key, path)
         artifacts.put_bytes(f"{key}.sha256", f"{sha}\n".encode())
-    finally:
-        _LOCK.release()
     return key, sha

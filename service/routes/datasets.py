@@ -186,7 +186,9 @@ async def upload(request: Request, response: Response, services: ServicesDep,
     finally:
         await anyio.to_thread.run_sync(received.cleanup)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
-    return dataset_public(row)
+    # say which column was taken when the form named none (csv and parquet: the last one)
+    return dataset_public(row).model_copy(
+        update={"target_defaulted": target is None and fmt != "npz"})
 
 
 @router.get("", response_model=DatasetList, operation_id="listDatasets",

@@ -26,7 +26,10 @@ def test_upload_csv_with_string_labels(harness, client, auth):
     assert ds["sha256"] == hashlib.sha256(content).hexdigest()
     stored = harness.services.artifacts.get_bytes(f"datasets/{ds['id']}/data.csv")
     assert stored == content
-    assert client.get(f"/v1/datasets/{ds['id']}", headers=auth).json() == ds
+    assert ds["target_defaulted"] is False  # the form named it
+    # a stored dataset does not know whether its target was named: null there
+    assert client.get(f"/v1/datasets/{ds['id']}", headers=auth).json() == {
+        **ds, "target_defaulted": None}
 
 
 def test_upload_npz_and_parquet(client, auth):

@@ -231,11 +231,8 @@ def test_an_export_under_way_answers_503_rather_than_holding_a_request_thread(ha
         if artifacts.exists(key):
             artifacts.delete(key)
     url = f"/v1/jobs/{job_id}/weights"
-    assert exports._LOCK.acquire(blocking=False)
-    try:
+    with exports._EXPORTS.hold():  # another export under way in this process
         busy = harness.client.get(url, headers=headers, params={"format": "onnx"})
-    finally:
-        exports._LOCK.release()
     assert busy.status_code == 503 and busy.headers["retry-after"] == "5", busy.text
     assert harness.client.get(url, headers=headers,
                               params={"format": "onnx"}).status_code == 200
