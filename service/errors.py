@@ -46,6 +46,7 @@ from store.errors import (
     JobStateError,
     StoreError,
 )
+from store.webhooks import UnsafeURL, WebhookLimit
 
 __all__ = [
     "ServiceError",
@@ -312,6 +313,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
+    if isinstance(exc, UnsafeURL):  # a webhook URL the service will not send to
+        message = exc.message.removeprefix("url: ")
+        return _invalid(_field_items("url", message, "unsafe_url"), f"url: {message}")
     for kind, (status, error_type) in _STORE_ANSWERS.items():
         if isinstance(exc, kind):
             retry_after = getattr(exc, "retry_after_s", None)
@@ -329,6 +333,7 @@ _STORE_ANSWERS: dict[type[StoreError], tuple[int, str]] = {
     DatasetGone: (409, "dataset_gone"),
     DatasetQuota: (409, "quota_exceeded"),
     ActiveJobsLimit: (429, "too_many_requests"),
+    WebhookLimit: (409, "quota_exceeded"),
 }
 
 

@@ -10,7 +10,8 @@ database with a lease before training, so only one delivery runs.
 
 This module runs it once when the API starts and then every `MLP_RECONCILE_INTERVAL_S`
 seconds (0: never, in this process), in a worker thread, logging (not raising) when Redis
-or the database does not answer.
+or the database does not answer. Each round also deletes webhook deliveries past
+MLP_WEBHOOK_RETENTION_DAYS (their sending is the workers', from the database alone).
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import asyncio
 import logging
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
 from messaging.reconcile import recover_jobs
+from store.models import utcnow
+from store.webhooks import prune_deliveries
 
 if TYPE_CHECKING:
     from .deps import Services
 
-__all__ = ["reconcile_once", "run_reconciler"]
+__all__ = ["reconcile_once", "run_reconciler", "prune_webhook_deliveries"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,25 @@ def reconcile_once(services: Services) -> dict[str, int] | None:
         return None
     if any(counts.values()):
         log.info("reconciler: %s", counts)
+    prune_webhook_deliveries(services)
     return counts
+
+
+def prune_webhook_deliveries(services: Services) -> int:
+    """Delete webhook deliveries that ended more than MLP_WEBHOOK_RETENTION_DAYS ago (their
+    log would otherwise grow forever; pending ones are the workers' and stay)."""
+    days = services.settings.webhook_retention_days
+    if days <= 0:
+        return 0
+    try:
+        with services.session_factory() as session:
+            pruned = prune_deliveries(session, older_than=utcnow() - timedelta(days=days))
+    except Exception as exc:  # the database away: next round
+        log.warning("reconciler: could not prune webhook deliveries: %s", exc)
+        return 0
+    if pruned:
+        log.info("reconciler: deleted %d webhook deliveries older than %g days", pruned, days)
+    return pruned
 
 
 async def run_reconciler(services: Services) -> None:

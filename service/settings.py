@@ -66,6 +66,15 @@ class Settings(CommonSettings):
         validation_alias=_env("MLP_RECONCILE_AFTER_S", "reconcile_after_s"),
         description="a queued job without a broker message is sent again once it was "
                     "last sent this long ago (covers the gap between storing and sending)")
+    max_webhooks_per_tenant: int = Field(
+        default=20, ge=1, le=1000,
+        validation_alias=_env("MLP_MAX_WEBHOOKS_PER_TENANT", "max_webhooks_per_tenant"),
+        description="webhooks one tenant may have; creating one more answers 409")
+    webhook_retention_days: float = Field(
+        default=30.0, ge=0,
+        validation_alias=_env("MLP_WEBHOOK_RETENTION_DAYS", "webhook_retention_days"),
+        description="the reconciler deletes delivered and failed webhook deliveries this "
+                    "many days after they ended; 0 keeps them")
     model_cache_size: int = Field(
         default=8, ge=0, validation_alias=_env("MLP_MODEL_CACHE_SIZE", "model_cache_size"))
     sse_poll_s: float = Field(default=1.0, gt=0, le=60,

@@ -97,6 +97,11 @@ class CommonSettings(BaseSettings):
                                       "max_running_jobs_per_tenant"),
         description="jobs of one tenant that train at once across all workers; its other "
                     "jobs wait, queued, behind other tenants' jobs; 0: no limit")
+    webhook_allow_private: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MLP_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private"),
+        description="let webhooks target loopback and private addresses (a local setup); "
+                    "link-local, multicast, reserved and unspecified ones stay refused")
     key_hash_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("MLP_KEY_HASH_SECRET", "key_hash_secret"),

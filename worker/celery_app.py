@@ -7,6 +7,7 @@ overrides). The main process also announces GPU workers on Redis (so the API rou
 
 Workers do not re-queue lost jobs: the reconciler (`store.reconcile.recover_jobs`) belongs to
 the API process alone (service/reconciler.py, at start and every MLP_RECONCILE_INTERVAL_S).
+The main process also sends webhook deliveries (worker.webhooks), from the database.
 A delivery that finds its job's training process dead takes the job over at once
 (worker.runner); a job whose whole worker died waits for its lease to lapse and the
 reconciler to queue it again.
@@ -107,6 +108,13 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     from store.db import init_db
 
     init_db(settings.database_url)  # type: ignore[arg-type]
+    if settings.webhook_senders > 0:
+        from .webhooks import WebhookSender, sender_id
+
+        sender = WebhookSender(settings, worker_id=sender_id(
+            _state.get("hostname") or socket.gethostname()))
+        _state["webhooks"] = sender
+        sender.start()
     if _state["gpu"]:
         thread = _GpuAnnouncer(worker_name=_state.get("hostname") or socket.gethostname())
         _state["housekeeping"] = thread
@@ -115,9 +123,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
-    thread = _state.pop("housekeeping", None)
-    if thread is not None:
-        thread.stop()
+    for name in ("housekeeping", "webhooks"):
+        thread = _state.pop(name, None)
+        if thread is not None:
+            thread.stop()
 
 
 @signals.worker_process_init.connect

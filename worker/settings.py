@@ -67,6 +67,33 @@ class WorkerSettings(CommonSettings):
         validation_alias=_alias("MLP_MAX_LOG_LINE_CHARS", "max_log_line_chars"),
         description="characters kept of one log line")
 
+    webhook_senders: int = Field(
+        default=8, ge=0, le=256,
+        validation_alias=_alias("MLP_WEBHOOK_SENDERS", "webhook_senders"),
+        description="webhook deliveries this worker sends at once (from its main process); "
+                    "0: this worker sends none")
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, le=60, validation_alias=_alias("MLP_WEBHOOK_POLL_S", "webhook_poll_s"),
+        description="how often the worker looks for due webhook deliveries")
+    webhook_lease_s: float = Field(
+        default=60.0, ge=11, le=3600,
+        validation_alias=_alias("MLP_WEBHOOK_LEASE_S", "webhook_lease_s"),
+        description="a sender's claim on a delivery (longer than the 10 s an attempt may "
+                    "take); a delivery whose sender died is sent again once it lapses")
+    webhook_retry_base_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        validation_alias=_alias("MLP_WEBHOOK_RETRY_BASE_S", "webhook_retry_base_s"),
+        description="delay before the first retry; each retry waits twice as long as the "
+                    "one before (with jitter), up to MLP_WEBHOOK_RETRY_MAX_DELAY_S")
+    webhook_retry_max_delay_s: float = Field(
+        default=1800.0, gt=0, le=86_400,
+        validation_alias=_alias("MLP_WEBHOOK_RETRY_MAX_DELAY_S", "webhook_retry_max_delay_s"))
+    webhook_retry_window_s: float = Field(
+        default=21_600.0, gt=0, le=30 * 86_400,
+        validation_alias=_alias("MLP_WEBHOOK_RETRY_WINDOW_S", "webhook_retry_window_s"),
+        description="how long after its first attempt a delivery is retried before it is "
+                    "marked failed (default 6 hours)")
+
     @model_validator(mode="after")
     def _check_queues(self) -> Self:
         if self.worker_queues is not None:

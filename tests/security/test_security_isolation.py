@@ -29,8 +29,10 @@ def operations(api: Stack) -> list[tuple[str, str, dict[str, Any]]]:
             for method, op in ops.items()]
 
 
-def fill(path: str, job_id: str, dataset_id: str) -> str:
-    return path.replace("{job_id}", job_id).replace("{dataset_id}", dataset_id)
+def fill(path: str, job_id: str, dataset_id: str, webhook_id: str) -> str:
+    return (path.replace("{job_id}", job_id).replace("{dataset_id}", dataset_id)
+            .replace("{webhook_id}", webhook_id)
+            .replace("{name}", "loss").replace("{format}", "svg"))
 
 
 def request_for(method: str, path: str) -> dict[str, Any]:
@@ -55,8 +57,12 @@ def owner(api: Stack, trained: dict) -> dict[str, Any]:
         csv = "a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(10))
         ds = client.post("/v1/datasets", files={"file": ("secret.csv", csv.encode())},
                          data={"name": "owner-secret-dataset"}).json()
+        # an address literal: public, and no DNS needed (nothing is sent in this test)
+        hook = client.post("/v1/webhooks", json={"url": "https://93.184.215.14/owner-secret",
+                                                 "events": ["job.succeeded"]})
+        assert hook.status_code == 201, hook.text
     return {"key": key, "job": job_id, "queued": queued, "dataset": ds["id"],
-            "sha256": ds["sha256"]}
+            "sha256": ds["sha256"], "webhook": hook.json()["id"]}
 
 
 # --------------------------------------------------------------------------- tenants
@@ -70,7 +76,7 @@ def test_another_tenants_objects_are_404_on_every_route(api: Stack, owner: dict[
     with api.http(other_key) as intruder, api.http(owner["key"]) as own:
         for method, path in ops:
             for job in (owner["job"], owner["queued"]):
-                url = fill(path, job, owner["dataset"])
+                url = fill(path, job, owner["dataset"], owner["webhook"])
                 r = intruder.request(method, url, **request_for(method, path))
                 assert r.status_code == 404, (method, url, r.status_code, r.text[:300])
                 for secret in ("owner-secret", owner["sha256"], "done-"):
@@ -80,7 +86,7 @@ def test_another_tenants_objects_are_404_on_every_route(api: Stack, owner: dict[
         # nothing the intruder did changed anything, and the owner still reaches it all
         for method, path in ops:
             if method in ("GET",) and not path.endswith("/events"):
-                url = fill(path, owner["job"], owner["dataset"])
+                url = fill(path, owner["job"], owner["dataset"], owner["webhook"])
                 assert own.get(url).status_code == 200, url
         assert own.get(f"/v1/jobs/{owner['queued']}").json()["status"] == "queued"
     assert covered == set(ops)
@@ -123,7 +129,7 @@ def test_every_v1_route_needs_a_valid_key(api: Stack, owner: dict[str, Any]) -> 
     assert len(ops) >= 15
     with api.http() as anon:
         for method, path in ops:
-            url = fill(path, owner["job"], owner["dataset"])
+            url = fill(path, owner["job"], owner["dataset"], owner["webhook"])
             for header in BAD_AUTH:
                 headers = {} if header is None else {"Authorization": header}
                 r = anon.request(method, url, headers=headers, **request_for(method, path))
