@@ -157,6 +157,7 @@ torch.set_num_threads(1)
 if cfg["sklearn"]:
     import sklearn.datasets  # a builtin generator's import, before the baseline
 from mlp_engine.training import fit
+from mlp_engine.rule_monitor import RuleMonitor
 
 def arrays(rows, features, classes, seed):
     if rows is None:
@@ -171,13 +172,13 @@ def kib(key):
     with open("/proc/self/status") as f:
         return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
 
-fit(cfg["warmup"], *arrays(*cfg["warmup_data"], 1))
+fit(cfg["warmup"], *arrays(*cfg["warmup_data"], 1), callbacks=[RuleMonitor()])
 gc.collect()
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the high-water mark starts again from here
 base = kib("VmRSS")
 x, y = arrays(*cfg["data"], 0)
-fit(cfg["spec"], x, y)
+fit(cfg["spec"], x, y, callbacks=[RuleMonitor()])  # the findings rules, as the worker runs
 print(json.dumps({"baseline": base, "peak": kib("VmHWM") - base}))
 """
 

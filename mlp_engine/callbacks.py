@@ -36,6 +36,7 @@ from .registry import DIAGNOSTICS
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .prepare import PreparedData
     from .spec import JobSpec
 
 __all__ = ["Callback", "TrainState", "CallbackList", "overrides"]
@@ -63,6 +64,7 @@ class TrainState:
     generator: torch.Generator | None = None  # the training RNG: batch order, hinge pairs
     callbacks: list[Callback] = field(default_factory=list)  # all of the run's, built-ins first
     stop_reason: str | None = None  # set by `stop`: training ends after the current epoch
+    data: PreparedData | None = None  # the prepared splits (read only: never change them)
 
     @property
     def record(self) -> dict[str, Any] | None:

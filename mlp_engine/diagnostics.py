@@ -63,9 +63,7 @@ def _activation_inputs(model: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor],
         post.append(output)
 
     hooks = []
-    for block in model.hidden:
-        act = next(m for m in cast(nn.Sequential, block)
-                   if not isinstance(m, nn.Linear | nn.BatchNorm1d))
+    for act in _activations(model):
         hooks.append(act.register_forward_hook(keep))
     try:
         model(x)
@@ -86,11 +84,37 @@ def activation_stats(model: MLP, x: torch.Tensor) -> dict[str, list[float]]:
     finally:
         model.train(was_training)
     if not post:
-        return {"activation_mean": [], "activation_std": [], "dead_fraction": []}
+        return {"activation_mean": [], "activation_std": [], "dead_fraction": [],
+                "saturated_fraction": []}
     rows = torch.stack([torch.stack([a.mean(), a.std(unbiased=False),
                                      (a.abs() < 1e-12).all(dim=0).float().mean()]) for a in post])
     mean, std, dead = rows.T.tolist()
-    return {"activation_mean": mean, "activation_std": std, "dead_fraction": dead}
+    saturated = [_saturated_fraction(act, a) for act, a in
+                 zip(_activations(model), post, strict=True)]
+    return {"activation_mean": mean, "activation_std": std, "dead_fraction": dead,
+            "saturated_fraction": saturated}
+
+
+# where the derivative is below this fraction of its peak, an activation is in a flat tail
+SATURATION_DERIVATIVE = 0.05
+
+
+def _activations(model: MLP) -> list[nn.Module]:
+    return [next(m for m in cast(nn.Sequential, block)
+                 if not isinstance(m, nn.Linear | nn.BatchNorm1d)) for block in model.hidden]
+
+
+def _saturated_fraction(act: nn.Module, out: torch.Tensor) -> float | None:
+    """Fraction of a sigmoid or tanh layer's outputs where the derivative is below
+    SATURATION_DERIVATIVE of its peak (σ' = σ(1-σ), peak 1/4; tanh' = 1 - tanh², peak 1);
+    None for activations without flat tails."""
+    if isinstance(act, nn.Sigmoid):
+        slope = out * (1 - out) / 0.25
+    elif isinstance(act, nn.Tanh):
+        slope = 1 - out * out
+    else:
+        return None
+    return float((slope < SATURATION_DERIVATIVE).float().mean())
 
 
 # --------------------------------------------------------------------------- linear pieces

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .findings import RuleSettings
 from .registry import ACTIVATIONS
 from .spec import DatasetInfo, JobSpec
 from .theory import exact_parameter_count
@@ -401,7 +402,8 @@ def _diagnostics_term(terms: _Terms, spec: JobSpec, s: _Shape) -> None:
     dg = spec.diagnostics
     units = sum(s.hidden)
     need: list[tuple[int, int]] = [(0, 0)]
-    if dg.activation_stats:
+    # the findings rules ask for activation statistics at sampled epochs on their own
+    if dg.activation_stats or "activation_stats" in RuleSettings.of(spec).needs():
         rows = min(SAMPLE_ROWS, s.n_train)
         # every layer's activation input and output kept by the hooks; a forward pass
         b = _F32 * (rows * units * 2 + _forward_peak(spec, s, rows))

@@ -122,6 +122,11 @@ METRICS = _table(
     Metric("dead_fraction", None, "fraction",
            "units of each hidden layer that output exactly 0 on every sampled row",
            diagnostic="activation_stats", per_layer=True),
+    Metric("saturated_fraction", None, "fraction",
+           "activations of each sigmoid or tanh hidden layer (unit by sampled row) in the "
+           "flat tails, where the derivative is below 5% of its peak (null for other "
+           "activations)",
+           diagnostic="activation_stats", per_layer=True),
     Metric("linear_pieces_per_segment", None, "linear pieces per segment",
            "mean number of linear pieces of the network along segments between two distinct "
            "random training rows, counted exactly from its breakpoints (null for activations "

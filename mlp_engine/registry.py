@@ -381,7 +381,9 @@ BUILTIN_DATASETS = {d.name: d for d in (
 
 
 def catalog() -> dict[str, Any]:
-    """Every choice with its parameters, defaults and bounds (the limits are the caller's)."""
+    """Every choice with its parameters, defaults and bounds (the limits are the caller's),
+    and the findings rules with their thresholds."""
+    from .rule_table import SAMPLED_EPOCHS_DOC, rule_catalog  # rule_table imports Param
     return {
         "tasks": list(TASKS),
         "activations": [c.describe() for c in ACTIVATIONS.values()],
@@ -394,4 +396,6 @@ def catalog() -> dict[str, Any]:
         "diagnostics": [c.describe() for c in DIAGNOSTICS.values()],
         "datasets": [d.describe() for d in BUILTIN_DATASETS.values()],
         "metrics": metric_catalog(),
+        "rules": rule_catalog(),
+        "rules_sampling": SAMPLED_EPOCHS_DOC,
     }

@@ -28,6 +28,7 @@ from .registry import (
     Choice,
     checked_params,
 )
+from .rule_table import RULES, check_overrides
 from .tasks import Task
 from .theory import exact_parameter_count
 
@@ -263,6 +264,33 @@ class DiagnosticsSpec(_Strict):
     activation_stats: bool = False
     linear_regions: bool = False
     internal_covariate_shift: bool = False
+    # SPEC section 8: per-job thresholds ({"dead_units": {"threshold": 0.6}}) or false to
+    # turn a rule off (rule_table.RULES); stop_on: rules whose finding ends the job failed
+    rules: dict[str, Any] = Field(
+        default_factory=dict, max_length=64,
+        description="rule name -> false (off) or thresholds; see the catalog's rules")
+    stop_on: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="rules whose warning or error finding stops the job (failed, "
+                    "error.type 'rule')")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_overrides(value)
+
+    @model_validator(mode="after")
+    def _stoppable(self) -> DiagnosticsSpec:
+        for name in self.stop_on:
+            if name not in RULES:
+                raise ValueError(f"diagnostics.stop_on: unknown rule '{name}'; the rules are "
+                                 f"{sorted(RULES)}")
+            if self.rules.get(name) is False:
+                raise ValueError(f"diagnostics.stop_on names '{name}', which "
+                                 "diagnostics.rules turns off")
+        if len(set(self.stop_on)) != len(self.stop_on):
+            raise ValueError("diagnostics.stop_on names a rule twice")
+        return self
 
     @property
     def any(self) -> bool:
@@ -271,7 +299,7 @@ class DiagnosticsSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    """A training job: SPEC section 2. Everything but `dataset` has a default."""
+    """A training job. Everything but `dataset` has a default."""
 
     name: str | None = Field(default=None, max_length=200)
     dataset: DatasetSpec

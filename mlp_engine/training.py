@@ -116,7 +116,7 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
     builtins = spec_callbacks(data.spec, validation=data.x_val.shape[0] > 0)
     state = TrainState(spec=data.spec, model=loop.model, optimizer=loop.optimizer,
                        preprocessing=data.preprocessing, device=str(dev), generator=loop.gen,
-                       callbacks=[*builtins, *callbacks])
+                       callbacks=[*builtins, *callbacks], data=data)
     if resume is not None:
         restore(state, resume)
     _run(state, loop)

@@ -191,6 +191,33 @@ def read_spec(path: str) -> dict[str, Any]:
     return spec
 
 
+def describe_job(job: dict[str, Any]) -> str:
+    """A job as `mlpctl jobs show` prints it."""
+    progress = job.get("progress") or {}
+    lines = [f"job {job['id']}" + (f" ({job['name']})" if job.get("name") else ""),
+             f"  status    {job['status']}, epoch {progress.get('epoch', 0)} of "
+             f"{progress.get('epochs', '?')}, device {job.get('device') or '-'}, "
+             f"{job.get('parameter_count') or 0} parameters"]
+    metrics = job.get("metrics") or {}
+    best = metrics.get("best") or {}
+    if metrics.get("best_epoch") is not None:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in best.items()
+                           if k != "epoch" and isinstance(v, (int, float)))
+        lines.append(f"  best      epoch {metrics['best_epoch']}: {values}")
+    if job.get("error"):
+        lines.append(f"  error     {job['error'].get('type')}: {job['error'].get('message')}")
+    findings = job.get("findings") or []
+    lines.append(f"  findings  {len(findings) or 'none'}")
+    for f in findings:
+        when = f"epoch {f['epoch']}" if f.get("epoch") is not None else "before training"
+        where = f", {f['layer']}" if f.get("layer") else ""
+        lines.append(f"    [{f['severity']}] {f['rule']} ({when}{where}): {f['message']}")
+        if f.get("suggestion"):
+            change = ", ".join(f"{k}={json.dumps(v)}" for k, v in f["suggestion"].items())
+            lines.append(f"      try: {change}")
+    return "\n".join(lines)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     action = args.jobs_action
@@ -202,6 +229,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0 if job["status"] not in TERMINAL or job["status"] == JobStatus.SUCCEEDED else 1
     if action == "get":
         _print(client.get(args.job_id))
+    elif action == "show":
+        print(describe_job(client.get(args.job_id)))
+    elif action == "findings":
+        _print(client.findings(args.job_id))
     elif action == "list":
         _print(list(client.list_jobs(status=args.status, name=args.name, limit=args.limit)))
     elif action == "wait":
@@ -242,6 +273,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         _print(client.get_dataset(args.dataset_id))
     elif action == "delete":
         client.delete_dataset(args.dataset_id)
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    webhooks = _client(args).webhooks
+    action = args.webhooks_action
+    if action == "create":
+        _print(webhooks.create(args.webhook_url, events=args.events, secret=args.secret))
+    elif action == "list":
+        _print(webhooks.list())
+    elif action == "deliveries":
+        _print(list(webhooks.deliveries(args.webhook_id, limit=args.limit)))
+    elif action == "ping":
+        _print(webhooks.ping(args.webhook_id))
+    elif action == "delete":
+        webhooks.delete(args.webhook_id)
     return 0
 
 
@@ -314,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--wait", action="store_true", help="wait until the job ends")
     j.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     j.add_argument("--idempotency-key")
-    for name, help_text in [("get", "show a job"), ("wait", "wait until a job ends"),
+    for name, help_text in [("get", "a job as JSON"),
+                            ("show", "a job for people: status, progress, metrics, error and "
+                                     "findings with what to change"),
+                            ("findings", "what the rules found, as JSON"),
+                            ("wait", "wait until a job ends"),
                             ("cancel", "cancel a job"), ("delete", "delete a finished job")]:
         j = jobs.add_parser(name, help=help_text)
         j.add_argument("job_id")
@@ -360,6 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
     for d in datasets.choices.values():
         client_options(d)
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("webhooks", help="signed notifications of job events to a URL")
+    hooks = p.add_subparsers(dest="webhooks_action", required=True, metavar="ACTION")
+    w = hooks.add_parser("create", help="subscribe a URL to events (prints the secret once)")
+    w.add_argument("webhook_url", metavar="URL")
+    w.add_argument("--event", dest="events", action="append", required=True,
+                   help="an event name such as job.succeeded (repeat for several)")
+    w.add_argument("--secret", help="the signing secret (default: generated)")
+    hooks.add_parser("list", help="list webhooks")
+    w = hooks.add_parser("deliveries", help="a webhook's delivery log, newest first")
+    w.add_argument("webhook_id")
+    w.add_argument("--limit", type=int)
+    for name, help_text in [("ping", "send a ping delivery"),
+                            ("delete", "delete a webhook and its deliveries")]:
+        w = hooks.add_parser(name, help=help_text)
+        w.add_argument("webhook_id")
+    for w in hooks.choices.values():
+        client_options(w)
+    p.set_defaults(func=cmd_webhooks)
     return parser
 
 

@@ -8,6 +8,8 @@
     client.predict(job["id"], [[5.1, 3.5, 1.4, 0.2]])
     for line in client.follow_logs(job["id"]):          # the job's log, until it ends
         print(line)
+    hook = client.webhooks.create("https://example.com/hook", events=["job.succeeded"])
+    verify_signature(hook["secret"], request.headers, request_body)  # in the receiver
 
 Every method answers the JSON the API answers (plain dicts); an HTTP error raises
 `APIError` carrying the status code and the service's message.
@@ -26,8 +28,9 @@ from typing import Any
 import httpx
 
 from store.status import TERMINAL
+from store.webhook_signature import verify_signature
 
-__all__ = ["Client", "APIError", "TERMINAL_STATUSES"]
+__all__ = ["Client", "APIError", "TERMINAL_STATUSES", "Webhooks", "verify_signature"]
 
 TERMINAL_STATUSES = TERMINAL
 
@@ -214,6 +217,11 @@ class Client:
     def model_card(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}/model")
 
+    def findings(self, job_id: str) -> list[dict[str, Any]]:
+        """What the lecture's rules found about the job (each with rule, severity, epoch,
+        layer, evidence, message, explanation and suggestion), in the order found."""
+        return list(self._json("GET", f"/v1/jobs/{job_id}/findings")["findings"])
+
     def weights(self, job_id: str, path: str | os.PathLike[str], *,
                 format: str = "safetensors") -> Path:
         """Download the weights (`format`: safetensors, pt or onnx) to `path`, checked
@@ -253,3 +261,46 @@ class Client:
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # -- webhooks
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """`client.webhooks.create(url, events=[...])`, `.list()`, `.delete(id)`,
+        `.deliveries(id)`, `.ping(id)`."""
+        return Webhooks(self)
+
+
+class Webhooks:
+    """The tenant's webhooks (SPEC section 10). Receivers check each delivery with
+    `verify_signature(secret, request_headers, raw_body)`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, url: str, *, events: list[str], secret: str | None = None
+               ) -> dict[str, Any]:
+        """Subscribe `url`; the answer holds the signing `secret`, shown this once."""
+        body: dict[str, Any] = {"url": url, "events": list(events)}
+        if secret is not None:
+            body["secret"] = secret
+        return self._client._json("POST", "/v1/webhooks", json=body)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._client._json("GET", "/v1/webhooks")["items"]  # type: ignore[no-any-return]
+
+    def get(self, webhook_id: str) -> dict[str, Any]:
+        return self._client._json("GET", f"/v1/webhooks/{webhook_id}")
+
+    def delete(self, webhook_id: str) -> None:
+        self._client._request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def deliveries(self, webhook_id: str, *, limit: int | None = None
+                   ) -> Iterator[dict[str, Any]]:
+        """The delivery log, newest first: status, attempts, last status code, next attempt."""
+        return self._client._pages(f"/v1/webhooks/{webhook_id}/deliveries",
+                                   {"limit": min(limit, 200) if limit else None}, limit)
+
+    def ping(self, webhook_id: str) -> dict[str, Any]:
+        """Queue a `ping` delivery; answers the delivery (follow it in `deliveries`)."""
+        return self._client._json("POST", f"/v1/webhooks/{webhook_id}/ping")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from .observability import (
 )
 from .ratelimit import AuthFailureThrottle, RateLimiter
 from .reconciler import remove_stale_uploads, run_reconciler
-from .routes import catalog, datasets, health, jobs
+from .routes import catalog, datasets, docs, health, jobs, plots, webhooks
 from .server import release_free_memory
 from .settings import Settings
 from .sse import StreamSlots
@@ -51,7 +52,16 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1.0.0"
+
+def _package_version() -> str:
+    """The installed package's version (pyproject.toml), which the OpenAPI document states."""
+    try:
+        return importlib.metadata.version("mlp-training-service")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree not installed
+        return "0+unknown"
+
+
+API_VERSION = _package_version()
 
 
 def _start(settings: Settings, observability: Observability) -> Services:
@@ -170,6 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train multilayer perceptrons over REST: describe a job, follow its "
                     "metrics, download its weights or ask it for predictions.",
         lifespan=lifespan,
+        # /docs is served from the package (routes/docs.py), so it works offline
+        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
@@ -177,6 +189,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, observability=observability)
     app.add_middleware(HeadMiddleware)
     install_access_log_redaction()
-    for module in (health, catalog, jobs, datasets):
+    for module in (health, catalog, jobs, plots, datasets, docs, webhooks):
         app.include_router(module.router)
     return app

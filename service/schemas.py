@@ -7,11 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlp_engine.spec import check_rectangular
 from store.status import JobStatus
 from store.timefmt import as_utc
+from store.webhooks import EVENTS, unknown_events
 
 __all__ = [
     "ErrorItem",
@@ -37,6 +38,12 @@ __all__ = [
     "ModelCard",
     "Health",
     "Readiness",
+    "WebhookSpec",
+    "WebhookPublic",
+    "WebhookCreated",
+    "WebhookList",
+    "DeliveryPublic",
+    "DeliveryList",
     "MAX_PREDICT_ROWS",
     "SPEC_EXAMPLES",
 ]
@@ -101,8 +108,29 @@ class Artifact(BaseModel):
     sha256: str | None = None
 
 
+class Finding(BaseModel):
+    """What a rule of the lecture found about a job (GET /v1/catalog lists the rules)."""
+
+    rule: str
+    severity: Literal["info", "warning", "error"]
+    epoch: int | None = Field(default=None, description="null: before training")
+    layer: str | None = Field(default=None, description="`hidden.<i>` (a hidden block), "
+                              "`hidden.<i>.0` (its Linear layer) or `output`; null: the "
+                              "whole network")
+    evidence: dict[str, Any] = Field(description="the numbers that fired the rule")
+    message: str = Field(description="what to change, in one sentence")
+    explanation: str = Field(description="why, in the lecture's terms")
+    suggestion: dict[str, Any] | None = Field(
+        default=None, description="spec paths and the values that would fix it, or null")
+
+
+class FindingsPublic(BaseModel):
+    job_id: str
+    findings: list[Finding]
+
+
 class JobPublic(BaseModel):
-    """The job object of SPEC section 3."""
+    """A training job: its spec, status, progress, metrics summary, error and artifacts."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -118,11 +146,20 @@ class JobPublic(BaseModel):
     device: str | None = None
     parameter_count: int | None = None
     metrics: dict[str, Any] | None = Field(
-        default=None, description="summary: best epoch, final and best values")
+        default=None, description="summary: `best_epoch` and `monitor` (the metric that "
+                                  "chose it), `final` (the last epoch's values), `best` (the "
+                                  "values of the best epoch, all from that one epoch) and "
+                                  "`best_per_metric` (each metric's own best `value` and the "
+                                  "`epoch` that reached it)")
     error: JobError | None = None
     artifacts: dict[str, Artifact] | None = Field(
         default=None, description="`weights` (safetensors) and `weights_pt` (torch "
-                                  "state_dict) once the job has succeeded")
+                                  "state_dict) once the job has succeeded (or was stopped "
+                                  "by a rule of diagnostics.stop_on)")
+    findings: list[Finding] = Field(
+        default_factory=list, description="what the rules found: before training (at "
+                                          "submit) and while it trains, once per rule and "
+                                          "layer, in the order found")
 
     @classmethod
     def from_row(cls, job: Any) -> JobPublic:
@@ -143,7 +180,8 @@ class JobPublic(BaseModel):
             finished_at=as_utc(job.finished_at),
             progress=Progress(epoch=job.epoch, epochs=job.epochs), attempts=job.attempts,
             device=job.device, parameter_count=job.parameter_count,
-            metrics=_summary_of(job.metrics_summary), error=error, artifacts=artifacts)
+            metrics=_summary_of(job.metrics_summary), error=error, artifacts=artifacts,
+            findings=list(job.findings or []))
 
     def for_listing(self) -> JobPublic:
         """The job as a list shows it: inline data (up to megabytes) replaced by its shape;
@@ -162,7 +200,8 @@ def _summary_of(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """The public part of the stored metrics summary."""
     if not summary:
         return None
-    public = {k: summary.get(k) for k in ("best_epoch", "monitor", "final", "best")}
+    public = {k: summary.get(k)
+              for k in ("best_epoch", "monitor", "final", "best", "best_per_metric")}
     if "stopped_early" in summary:
         public["stopped_early"] = summary["stopped_early"]
     return public
@@ -192,7 +231,14 @@ class DatasetPublic(BaseModel):
     id: str
     name: str
     format: str
-    target: list[str]
+    target: list[str] = Field(
+        description="the target column(s): the upload's `target` field, or when it gave none "
+                    "the file's last column (csv, parquet); an npz file's target is its "
+                    "array `y`")
+    target_defaulted: bool | None = Field(
+        default=None, description="in the upload's answer: true when the form gave no "
+                                  "`target` and the last column was taken as the target; "
+                                  "null when a stored dataset is read")
     n_rows: int
     n_features: int
     n_outputs: int = 1
@@ -262,6 +308,8 @@ class ValidateResult(BaseModel):
         default=None, description="the job's estimated peak training memory; over the "
                                   "limit max_job_memory_bytes a job is refused")
     device_queue: str | None = None
+    findings: list[Finding] = Field(
+        default_factory=list, description="what the rules can tell before training")
 
 
 class MemoryEstimatePublic(BaseModel):
@@ -322,6 +370,7 @@ class ModelCard(BaseModel):
                                   "with standardised targets: the target's standard "
                                   "deviations; val_mse/val_rmse/val_mae are in its own units)")
     weights: Artifact
+    findings: list[Finding] = Field(default_factory=list)
     formats: list[WeightsFormat] = Field(
         default_factory=lambda: ["safetensors"],
         description="what GET /v1/jobs/{id}/weights?format=... serves for this job: "
@@ -339,3 +388,84 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     down: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+class WebhookSpec(BaseModel):
+    """POST /v1/webhooks: where to send which events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048,
+                     description="http(s) URL of a public address; no user name or password")
+    events: list[str] = Field(min_length=1, max_length=64,
+                              description="event names, any of: " + ", ".join(EVENTS))
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$",
+        description="signs the deliveries (HMAC-SHA256); generated and shown once if absent")
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = unknown_events(events)
+        if unknown:
+            names = ", ".join(repr(e) for e in dict.fromkeys(unknown))
+            raise ValueError(f"unknown event {names}; known events: {', '.join(EVENTS)}")
+        return events
+
+
+class WebhookPublic(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, webhook: Any) -> WebhookPublic:
+        return cls(id=webhook.id, url=webhook.url, events=list(webhook.events),
+                   created_at=as_utc(webhook.created_at))
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(description="shown this once: store it to verify the signatures")
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookPublic]
+
+
+class DeliveryPublic(BaseModel):
+    """One delivery of one event to one webhook, and how its attempts went."""
+
+    id: str = Field(description="the X-MLP-Delivery header, the same on every retry")
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None = Field(default=None, description="of the last attempt; "
+                                                                   "null: no HTTP answer")
+    last_error: str | None = None
+    last_response: str | None = Field(default=None,
+                                      description="the start of the last answer's body")
+    created_at: datetime
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(default=None,
+                                             description="while pending: the next attempt")
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, delivery: Any) -> DeliveryPublic:
+        pending = delivery.status == "pending"
+        return cls(id=delivery.id, event=delivery.event, status=delivery.status,
+                   attempts=delivery.attempts, last_status_code=delivery.last_status_code,
+                   last_error=delivery.last_error, last_response=delivery.last_response,
+                   created_at=as_utc(delivery.created_at),
+                   last_attempt_at=as_utc(delivery.last_attempt_at),
+                   next_attempt_at=as_utc(delivery.next_attempt_at) if pending else None,
+                   finished_at=as_utc(delivery.finished_at))
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic]
+    next_cursor: str | None = None

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from mlp_engine.data import builtin_info, describe, infer_task, load_inline
+from mlp_engine.findings import static_findings
 from mlp_engine.memory import MemoryEstimate, estimate_from_info
 from mlp_engine.registry import ACTIVATIONS
 from mlp_engine.spec import DatasetInfo, JobSpec, Limits, resolve_spec
@@ -44,6 +45,10 @@ class Resolved:
     dataset_id: str | None
     parameter_count: int
     memory: MemoryEstimate
+
+    def findings(self) -> list[dict[str, Any]]:
+        """What the rules can tell before training (SPEC section 8)."""
+        return static_findings(self.spec, self.info, parameter_count=self.parameter_count)
 
 
 def dataset_info(row: Dataset) -> DatasetInfo:

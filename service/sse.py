@@ -2,8 +2,9 @@
 its log (`job_log_stream`), both bounded by `StreamSlots` and reading the database on the
 streams' own threads.
 
-The events: `status` (the job), `metrics` (one epoch record each, with `id: <epoch>`), then
-one `end` event once the job is terminal.
+The events: `status` (the job), `metrics` (one epoch record each, with `id: <epoch>`),
+`finding` (one per finding of SPEC 8, read from the job row), then one `end` event once the
+job is terminal.
 
 The stream subscribes to the job's Redis channel *before* it reads the database, so an
 event published in between is not missed; it then sends the job and the epochs recorded
@@ -169,6 +170,9 @@ async def _job_events(*, job_id: str, session_factory: Callable[[], Session],
 
     sent_epoch = last_epoch
     last_status: str | None = None
+    # findings are sent once each (by rule and layer); a reconnecting client (Last-Event-ID)
+    # has those of the epochs it saw, and the ones from before training
+    sent_findings: set[tuple[Any, Any]] = set()
     last_sent = time.monotonic()
 
     async def from_database() -> tuple[list[bytes], bool]:
@@ -187,6 +191,14 @@ async def _job_events(*, job_id: str, session_factory: Callable[[], Session],
         if job["status"] != last_status:
             out.append(format_event("status", job))
             last_status = job["status"]
+        for finding in job.get("findings") or ():
+            key = (finding.get("rule"), finding.get("layer"))
+            if key in sent_findings:
+                continue
+            sent_findings.add(key)
+            seen_before = last_epoch > 0 and (finding.get("epoch") or 0) <= last_epoch
+            if not seen_before:
+                out.append(format_event("finding", finding))
         terminal = job["status"] in TERMINAL
         if terminal:
             out.append(format_event("end", {"id": job_id, "status": job["status"]}))
@@ -228,7 +240,7 @@ async def _job_events(*, job_id: str, session_factory: Callable[[], Session],
                         sent_epoch = epoch
                     elif epoch > sent_epoch:  # a gap: fill it from the database
                         next_poll = 0.0
-                elif kind == "status" and isinstance(data, dict):
+                elif kind in ("status", "finding") and isinstance(data, dict):
                     # the database has the last word on the state; read it now
                     next_poll = 0.0
             if time.monotonic() >= next_poll:

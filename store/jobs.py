@@ -2,6 +2,8 @@
 
 State changes that race (claiming a job, renewing its lease, cancelling, finishing) are
 single conditional UPDATEs, so two processes can never both win. Each function commits.
+A transition that changed the row also writes, in its transaction, the webhook deliveries
+of the event it fires (store.webhooks.record_job_event: the outbox).
 
     queued ──claim──> running ──finish──> succeeded | failed
        │                 │ ──request_cancel──> cancelling ──worker stops──> cancelled
@@ -26,6 +28,7 @@ from .idempotency import replayed
 from .locks import lock_row
 from .models import ACTIVE, TERMINAL, Dataset, Job, JobMetric, JobStatus, Tenant, new_id, utcnow
 from .paging import keyset_page
+from .webhooks import record_job_event
 
 __all__ = [
     "create_job",
@@ -93,6 +96,7 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     max_active: int | None = None,
+    findings: list[dict[str, Any]] | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; return (job, created).
 
@@ -127,6 +131,7 @@ def create_job(
         enqueued_at=now,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        findings=json_safe(findings or []),
     )
     try:
         _insert_checked(session, job, max_active=max_active)
@@ -162,6 +167,7 @@ def _insert_checked(session: Session, job: Job, *, max_active: int | None) -> No
         if job.dataset_id is not None and not lock_row(session, Dataset, job.dataset_id):
             raise DatasetGone(f"dataset {job.dataset_id} was deleted while this job was being "
                               "created; upload it again")
+        record_job_event(session, job.id, JobStatus.QUEUED)  # the outbox: same transaction
     except BaseException:
         session.rollback()
         raise
@@ -289,12 +295,14 @@ def claim_job(
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
+    if claimed == 1:
+        record_job_event(session, job_id, JobStatus.RUNNING)
     session.commit()
     if claimed == 1:
         return session.get(Job, job_id, populate_existing=True)
 
     # not ours: out of attempts, or a cancel whose worker died, or simply not claimable
-    session.execute(
+    gave_up = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable, Job.attempts >= max_attempts)
         .values(status=JobStatus.FAILED, error_type="max_attempts",
@@ -302,14 +310,18 @@ def claim_job(
                                "(its worker was lost each time); gave up after "
                                f"MLP_MAX_ATTEMPTS={max_attempts}"),
                 finished_at=now, updated_at=now, worker_id=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False))
-    session.execute(
+        .execution_options(synchronize_session=False)).rowcount
+    if gave_up == 1:
+        record_job_event(session, job_id, JobStatus.FAILED)
+    stopped = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.CANCELLING,
                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
         .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
                 worker_id=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)).rowcount
+    if stopped == 1:
+        record_job_event(session, job_id, JobStatus.CANCELLED)
     session.commit()
     return None
 
@@ -359,28 +371,39 @@ def _monitor(spec: dict[str, Any] | None, values: dict[str, float]) -> str:
 
 def summarize(records: Iterable[dict[str, Any]], previous: dict[str, Any] | None = None, *,
               spec: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Fold epoch records into the job's metrics summary:
-    `{"best_epoch", "monitor", "final": {epoch, metrics...}, "best": {metric: value}}`."""
+    """Fold epoch records into the job's metrics summary: `{"best_epoch", "monitor",
+    "final": {epoch, metrics...}, "best": {epoch, metrics...}, "best_per_metric":
+    {metric: {"value", "epoch"}}}`.
+
+    `final` and `best` are each one epoch's record: the last, and the best by `monitor`
+    (`best["epoch"]` is `best_epoch`). `best_per_metric` is each metric's own best and the
+    epoch that reached it, so different metrics' bests may come from different epochs."""
     summary = dict(previous) if previous else None
+    if summary is not None and "best_per_metric" not in summary:
+        # written before best_per_metric: its "best" held the per-metric bests, epochs unknown
+        summary["best_per_metric"] = {k: {"value": v, "epoch": None}
+                                      for k, v in (summary.get("best") or {}).items()}
+        summary["best"] = {}
     for record in sorted(records, key=lambda r: r["epoch"]):
         values = _metric_values(record)
         if summary is None:
             summary = {"best_epoch": None, "monitor": _monitor(spec, values),
-                       "best_value": None, "final": {}, "best": {}}
+                       "best_value": None, "final": {}, "best": {}, "best_per_metric": {}}
         epoch = int(record["epoch"])
         if epoch >= int(summary["final"].get("epoch", 0)):
             summary["final"] = {"epoch": epoch, **values}
-        best = dict(summary["best"])
+        per_metric = dict(summary["best_per_metric"])
         for k, v in values.items():
-            old = best.get(k)
-            if is_better(k, v, old):
-                best[k] = v
-        summary["best"] = best
+            old = per_metric.get(k)
+            if is_better(k, v, None if old is None else old["value"]):
+                per_metric[k] = {"value": v, "epoch": epoch}
+        summary["best_per_metric"] = per_metric
         monitor = summary["monitor"]
         if monitor in values:
             v, old = values[monitor], summary.get("best_value")
             if is_better(monitor, v, old):
                 summary["best_value"], summary["best_epoch"] = v, epoch
+                summary["best"] = {"epoch": epoch, **values}
     return summary
 
 
@@ -496,6 +519,9 @@ def finish_job(
         job = session.get(Job, job_id, populate_existing=True)
         if job is not None:
             job.metrics_summary = {**(job.metrics_summary or {}), **json_safe(summary_updates)}
+    if done:
+        session.flush()
+        record_job_event(session, job_id, status)
     session.commit()
     return done
 
@@ -515,6 +541,8 @@ def request_cancel(session: Session, job: Job) -> Job:
             .values(status=to_status, updated_at=now, **extra)
             .execution_options(synchronize_session=False)).rowcount
         if changed:
+            if to_status == JobStatus.CANCELLED:
+                record_job_event(session, job.id, to_status)
             break
     session.commit()
     session.refresh(job)

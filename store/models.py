@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from .status import ACTIVE, TERMINAL, JobStatus
 
 __all__ = ["Base", "Tenant", "ApiKey", "Dataset", "Job", "JobMetric", "JobLogLine", "JobStatus",
-           "utcnow", "new_id", "TERMINAL", "ACTIVE"]
+           "Webhook", "WebhookDelivery", "utcnow", "new_id", "TERMINAL", "ACTIVE"]
 
 
 def utcnow() -> datetime:
@@ -118,6 +118,8 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # SPEC section 8: one entry per (rule, layer), in the order they were found
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     weights_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
     weights_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -165,3 +167,53 @@ class JobLogLine(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     level: Mapped[str] = mapped_column(String(8))  # INFO, WARNING, ERROR
     message: Mapped[str] = mapped_column(Text)
+
+
+class Webhook(Base):
+    """A tenant's subscription (store.webhooks): where to POST which events, and the
+    secret they are signed with. The secret is stored as given: the sender needs it in
+    clear to sign, and the API shows it only once, in the answer to its creation."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[Any]] = mapped_column(JSON)  # event names (store.webhooks.EVENTS)
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook, written in the transaction of the change that caused it
+    (an outbox row) and sent, with retries under one id, by the worker (worker.webhooks)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # X-MLP-Delivery
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent (and signed) each attempt
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # retries go on for MLP_WEBHOOK_RETRY_WINDOW_S after the first attempt
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                         nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_response: Mapped[str | None] = mapped_column(Text, nullable=True)  # a short excerpt
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at"),
+    )

@@ -9,6 +9,10 @@ job; worker.runner.job_callbacks composes them, in this order, for every attempt
 4. `StopWatcher`       stops training, cheaply at batch ends, when the job was cancelled or
                        its lease lost.
 
+Before them all, `mlp_engine.rule_monitor.RuleMonitor` (the findings rules of SPEC 8) takes
+out of each record the diagnostics it asked for on its own, and hands each finding to a
+`FindingWriter`, which stores it at once.
+
 The order is SPEC 7's promise: an epoch's metrics are recorded and published only after its
 checkpoint (when one is due) is written, so a job's progress never goes backwards. The two
 writers share one `JobLedger`: what this attempt has written to the job row.
@@ -29,16 +33,49 @@ from messaging.live_events import cancel_requested, encode_event, events_channel
 from mlp_engine.callbacks import Callback, TrainState
 from mlp_engine.errors import Cancelled
 from store.artifacts import ArtifactError, ArtifactStore
+from store.findings import add_findings
 from store.jobs import json_safe, record_epochs
 
 from .checkpoints import checkpoint_key, encode_checkpoint
 from .errors import LeaseLost
 from .lease import Heartbeat
 
-__all__ = ["JobLedger", "CheckpointWriter", "MetricsRecorder", "EventPublisher",
+__all__ = ["FindingWriter", "JobLedger", "CheckpointWriter", "MetricsRecorder", "EventPublisher",
            "StopWatcher", "Heartbeat", "LeaseLost", "checkpoint_key"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FindingWriter:
+    """The sink of the job's `mlp_engine.rule_monitor.RuleMonitor`: stores each finding on
+    the job row as it is found (lease-fenced: raises LeaseLost once another worker holds
+    the job), publishes a `finding` event and says it in the job's log."""
+
+    job_id: str
+    session_factory: Callable[[], Session]
+    redis: redis_lib.Redis | None = None
+    worker_id: str | None = None
+    log: logging.Logger | None = None
+
+    def __call__(self, finding: dict[str, Any]) -> None:
+        with self.session_factory() as session:
+            added = add_findings(session, self.job_id, [finding], worker_id=self.worker_id)
+        if added is None:
+            raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker_id}; its "
+                            "finding was not recorded")
+        for f in added:
+            if self.log is not None:
+                where = f" at {f['layer']}" if f.get("layer") else ""
+                when = f"epoch {f['epoch']}" if f.get("epoch") is not None else "start"
+                self.log.warning("finding (%s, %s%s): %s: %s", f["severity"], when, where,
+                                 f["rule"], f["message"])
+            if self.redis is not None:
+                try:
+                    self.redis.publish(events_channel(self.job_id), encode_event("finding", f))
+                except redis_lib.RedisError as exc:  # the database has it; streams poll
+                    log.warning("job %s: could not publish a finding event: %s",
+                                self.job_id, exc)
 
 
 @dataclass

@@ -32,7 +32,14 @@ from store.jobs import claim_job, finish_job, get_job
 from store.models import TERMINAL, Dataset, Job, JobStatus, utcnow
 from store.timefmt import as_utc
 
-from .callbacks import CheckpointWriter, EventPublisher, JobLedger, MetricsRecorder, StopWatcher
+from .callbacks import (
+    CheckpointWriter,
+    EventPublisher,
+    FindingWriter,
+    JobLedger,
+    MetricsRecorder,
+    StopWatcher,
+)
 from .checkpoints import read_checkpoint
 from .errors import CheckpointUnreadable, LeaseLost
 from .job_log import JobLog, JobLogRecorder, LogLimits, error_lines, job_logger
@@ -233,6 +240,7 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
 
     job_id = job.id
     epochs = int(job.epochs or 0)
+    callbacks: list[Callback] = []
     if job.checkpoint_uri:
         job_logger.info("start: attempt %s, resuming from the checkpoint of epoch %s of %s",
                         job.attempts, job.checkpoint_epoch, epochs)
@@ -262,10 +270,16 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
             result = fit(spec, x, y, callbacks=callbacks, resume=resume, device=device,
                          num_threads=ctx.num_threads, limits=ctx.settings.limits())
             del x, y
-        weights = _write_weights(ctx, job_id, result)
+        stopped_by = _rule_stop(callbacks)
+        # a job a rule stopped keeps the weights of its last epoch (none before the first)
+        weights = _write_weights(ctx, job_id, result) if result.history or \
+            stopped_by is None else None
         updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
         if result.best_epoch is not None:
             updates["best_epoch"] = result.best_epoch
+        if stopped_by is not None:
+            return _finish_by_rule(ctx, job_log, stopped_by, weights=weights,
+                                   summary_updates=updates)
         job_logger.info("succeeded after epoch %s of %s",
                         result.history[-1]["epoch"] if result.history else 0,
                         spec.training.epochs)
@@ -276,6 +290,10 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
         log.warning("job %s: lease lost to another worker; this attempt stops", job_id)
         return "lease_lost"  # its log lines are the next holder's to write, not ours
     except Exception as exc:  # every outcome must reach the database
+        stopped_by = _rule_stop(callbacks)
+        if stopped_by is not None and stopped_by["rule"] == "diverging":
+            # stop_on diverging, and the loss went to NaN: the rule's end, not a crash
+            return _finish_by_rule(ctx, job_log, stopped_by)
         status, error = classify_error(exc)
         if status == JobStatus.FAILED and error[0] == "internal_error":
             log.exception("job %s failed", job_id)
@@ -293,6 +311,26 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
     # delivery resumes the job from its last checkpoint
 
 
+def _finish_by_rule(ctx: WorkerContext, job_log: JobLog, finding: dict[str, Any],
+                    **kwargs: Any) -> str:
+    """End a job that a rule of diagnostics.stop_on stopped: failed, error type "rule"
+    with the finding's message (SPEC 8)."""
+    when = (f"at epoch {finding['epoch']}" if finding.get("epoch") is not None
+            else "before training")
+    job_logger.error("stopped by rule %s (diagnostics.stop_on) %s: %s", finding["rule"], when,
+                     finding["message"])
+    job_log.save()
+    return _finish(ctx, job_log.job_id, JobStatus.FAILED,
+                   error=("rule", str(finding["message"])), **kwargs)
+
+
+def _rule_stop(callbacks: list[Callback]) -> dict[str, Any] | None:
+    """The finding of a rule of diagnostics.stop_on that ended training, if one did."""
+    from mlp_engine.rule_monitor import RuleMonitor
+
+    return next((cb.stopped_by for cb in callbacks if isinstance(cb, RuleMonitor)), None)
+
+
 def _describe_device(device: str, threads: int | None) -> str:
     if device.startswith("cuda"):
         import torch
@@ -306,6 +344,10 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
                   job_log: JobLog | None = None) -> list[Callback]:
     """The callbacks one attempt of `job` hands to `fit`, in the order they run.
 
+    The findings rules come first (mlp_engine.rule_monitor.RuleMonitor, writing through
+    FindingWriter): they take the diagnostics only they asked for out of the record before
+    anyone stores it.
+
     The order is the promise of SPEC 7: at an epoch's end its checkpoint, when one is due,
     is written and named in the job row (with the records up to it) before the epoch's
     metrics are recorded on their own or published; the stop check comes last, so an epoch
@@ -317,7 +359,15 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
     ledger = JobLedger(job_id=job.id, session_factory=ctx.session_factory,
                        worker_id=ctx.worker_id, recorded_through=job.epoch,
                        checkpoint=job.checkpoint_uri)
+    from mlp_engine.rule_monitor import RuleMonitor
+
+    monitor = RuleMonitor(
+        sink=FindingWriter(job_id=job.id, session_factory=ctx.session_factory,
+                           redis=ctx.redis, worker_id=ctx.worker_id,
+                           log=job_logger if job_log else None),
+        known=list(job.findings or []))
     return [
+        monitor,
         CheckpointWriter(ledger, artifacts=ctx.artifacts, attempt=job.attempts,
                          every=spec.training.checkpoint_every,
                          interval_s=s.checkpoint_interval_s),

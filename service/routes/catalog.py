@@ -73,4 +73,4 @@ def validate_spec(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)]
                               bytes=resolved.memory.total_bytes,
                               summary=resolved.memory.summary(),
                               breakdown=dict(resolved.memory.breakdown)),
-                          device_queue=queue, **theory)
+                          device_queue=queue, findings=resolved.findings(), **theory)

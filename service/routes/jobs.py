@@ -43,6 +43,7 @@ from ..schemas import (
     SPEC_EXAMPLES,
     Artifact,
     ErrorBody,
+    FindingsPublic,
     JobList,
     JobPublic,
     LayerRow,
@@ -131,7 +132,8 @@ def create(spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
         name=resolved.spec.name, dataset_id=resolved.dataset_id, device=resolved.spec.device,
         queue=queue, parameter_count=resolved.parameter_count,
         epochs=resolved.spec.training.epochs, idempotency_key=idempotency_key,
-        request_hash=digest, max_active=settings.max_active_jobs_per_tenant)
+        request_hash=digest, max_active=settings.max_active_jobs_per_tenant,
+        findings=resolved.findings())
     response.headers["Location"] = _location(job.id)
     if not created:  # an identical request won the race for the same Idempotency-Key
         response.headers["Idempotent-Replayed"] = "true"
@@ -216,10 +218,16 @@ def metrics(job: JobDep, session: SessionDep,
     return MetricsPublic.model_validate({"job_id": job.id, "epochs": records})
 
 
+@router.get("/{job_id}/findings", response_model=FindingsPublic, responses=_NOT_FOUND,
+            operation_id="getJobFindings", summary="what the rules found about the job")
+def findings(job: JobDep) -> FindingsPublic:
+    return FindingsPublic(job_id=job.id, findings=JobPublic.from_row(job).findings)
+
+
 @router.get("/{job_id}/events", response_class=StreamingResponse, operation_id="streamJobEvents",
             responses={**_NOT_FOUND, 200: {"content": {"text/event-stream": {
                 "schema": {"type": "string"}}}, "description": "Server-Sent Events"}},
-            summary="live status and metrics as Server-Sent Events")
+            summary="live status, metrics and findings as Server-Sent Events")
 def events(job: JobDep, services: ServicesDep, session: SessionDep, request: Request,
            last_event_id: Annotated[str | None, Header(
                max_length=20, description="the last epoch received, to resume")] = None
@@ -279,9 +287,13 @@ def logs(job: JobDep, services: ServicesDep, session: SessionDep, request: Reque
 
 
 def _require_success(job: Job, what: str) -> None:
-    if job.status != JobStatus.SUCCEEDED or not job.weights_uri:
+    """Weights exist once a job has succeeded, or when a rule of diagnostics.stop_on ended
+    it (the weights of its last epoch)."""
+    if not job.weights_uri or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise Conflict(f"job {job.id} is {job.status}; {what} exist only once it has "
                        "succeeded")
+    if job.status == JobStatus.FAILED and job.error_type != "rule":
+        raise Conflict(f"job {job.id} failed; {what} exist only once a job has succeeded")
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -394,7 +406,7 @@ def model_card(job: JobDep, services: ServicesDep) -> ModelCard:
         parameter_count=sum(r.parameters for r in layers if r.trainable),
         preprocessing=preprocessing, class_labels=labels, metrics=public.metrics,
         loss_unit=_loss_unit(spec),
-        weights=(public.artifacts or {}).get("weights") or Artifact(),
+        weights=(public.artifacts or {}).get("weights") or Artifact(), findings=public.findings,
         formats=["safetensors", *(["pt"] if job.weights_pt_uri else []),
                  *(["onnx"] if onnx_available() else [])])
 

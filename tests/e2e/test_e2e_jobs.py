@@ -278,3 +278,37 @@ def test_the_readme_walk_through_works(stack, tenant, tmp_path) -> None:
     assert etag and f"{etag.group(1)}  iris.safetensors" in out  # sha256sum agrees
     remote = json.loads(re.search(r'^\{"predictions".*$', out, re.M).group(0))  # type: ignore[union-attr]
     assert str(remote["predictions"]) in out.splitlines()[-1]  # = load_model + predict
+
+
+def test_a_rule_of_stop_on_streams_its_finding_and_fails_the_job_with_weights(
+        stack, tenant, mlpctl, newcomer_env) -> None:
+    """SPEC 8 through real processes: the finding as an SSE event, the job failed with
+    error.type "rule" and its last weights downloadable, `mlpctl jobs show` saying what to
+    change."""
+    client = tenant.client
+    spec = {"name": "e2e-dead-relus", "dataset": {"builtin": "digits"},
+            "model": {"hidden_dims": [128, 128, 128]}, "optimizer": {"name": "adam", "lr": 0.1},
+            "training": {"epochs": 20, "seed": 0}, "diagnostics": {"stop_on": ["dead_units"]}}
+    job = client.submit(spec)
+    events = list(client.events(job["id"], timeout=120))
+    findings = [data for kind, data in events
+                if kind == "finding" and data["severity"] != "info"]
+    assert findings and findings[0]["rule"] == "dead_units", events
+    assert events[-1] == ("end", {"id": job["id"], "status": "failed"})
+    job = client.get(job["id"])
+    assert job["error"] == {"type": "rule", "message": findings[0]["message"]}
+    assert job["progress"]["epoch"] == findings[0]["epoch"] == 1
+    assert client.findings(job["id"]) == job["findings"]
+    weights = httpx.get(f"{stack.base_url}/v1/jobs/{job['id']}/weights",
+                        headers={"Authorization": f"Bearer {tenant.key}"})
+    assert weights.status_code == 200
+    assert weights.headers["ETag"].strip('"') == job["artifacts"]["weights"]["sha256"]
+
+    shown = subprocess.run([*mlpctl, "jobs", "show", job["id"]], capture_output=True,
+                           text=True, timeout=60,
+                           env={**newcomer_env, "MLP_URL": stack.base_url,
+                                "MLP_API_KEY": tenant.key})
+    assert shown.returncode == 0, shown.stderr
+    assert "[warning] dead_units (epoch 1, hidden." in shown.stdout
+    assert "try: model.activation=\"leaky_relu\"" in shown.stdout
+    assert f"error     rule: {findings[0]['message']}" in shown.stdout

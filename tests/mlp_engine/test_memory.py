@@ -118,9 +118,15 @@ def test_terms_follow_the_spec() -> None:
                      ).breakdown["activations"] > acts
     assert _estimate(model={"hidden_dims": [256, 256], "batch_norm": True,
                             "dropout": 0.1}).breakdown["activations"] > 2 * acts
-    # diagnostics cost only when asked for
-    assert base.breakdown["diagnostics"] == 0
-    assert _estimate(diagnostics={"activation_stats": True}).breakdown["diagnostics"] > 0
+    # diagnostics cost only when asked for: by the spec, or by the findings rules that read
+    # activation statistics (on by default)
+    rules_off = {name: False for name in
+                 ("poor_initialization", "dead_units", "saturated_activations")}
+    quiet = _estimate(model={"hidden_dims": [256, 256]}, diagnostics={"rules": rules_off})
+    assert quiet.breakdown["diagnostics"] == 0
+    stats = _estimate(model={"hidden_dims": [256, 256]},
+                      diagnostics={"activation_stats": True, "rules": rules_off})
+    assert base.breakdown["diagnostics"] == stats.breakdown["diagnostics"] > 0
     # the total is the peak phase plus the fixed overhead, the phase its alive terms
     assert base.total_bytes == base.phases[base.peak_phase] + mem.FIXED_OVERHEAD_BYTES
     alive = sum(base.breakdown[t] for t in mem.PHASES[base.peak_phase])

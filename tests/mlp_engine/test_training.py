@@ -396,7 +396,7 @@ def test_record_keys_with_diagnostics() -> None:
     # linear_regions reports linear_pieces_per_segment and linear_pieces_max (it was one
     # field, linear_regions, counting activation patterns along sampled lines)
     assert set(rec) == BASE_KEYS | {"val_accuracy", "grad_norm", "activation_mean",
-                                    "activation_std", "dead_fraction",
+                                    "activation_std", "dead_fraction", "saturated_fraction",
                                     "linear_pieces_per_segment", "linear_pieces_max", "ics"}
     assert len(rec["grad_norm"]) == len(rec["ics"]) == 3
     assert len(rec["activation_mean"]) == len(rec["dead_fraction"]) == 2

@@ -29,13 +29,14 @@ def test_create_and_public_view(db_session, tenant):
     public = JobPublic.from_row(job).model_dump(mode="json")
     assert set(public) == {"id", "name", "status", "spec", "created_at", "started_at",
                            "finished_at", "progress", "attempts", "device",
-                           "parameter_count", "metrics", "error", "artifacts"}
+                           "parameter_count", "metrics", "error", "artifacts", "findings"}
     assert public["status"] == "queued"
     assert public["name"] == "iris"
     assert public["progress"] == {"epoch": 0, "epochs": 5}
     assert public["created_at"].endswith("Z")
     assert public["started_at"] is None and public["error"] is None
     assert public["artifacts"] is None and public["metrics"] is None
+    assert public["findings"] == []
     assert public["parameter_count"] == 123
 
 
@@ -159,7 +160,12 @@ def test_record_epochs_once_each_and_summary(db_session, tenant):
     summary = JobPublic.from_row(job).model_dump(mode="json")["metrics"]
     assert summary["best_epoch"] == 2 and summary["monitor"] == "val_loss"
     assert summary["final"]["epoch"] == 3 and summary["final"]["val_loss"] == 0.7
-    assert summary["best"]["val_loss"] == 0.5 and summary["best"]["val_accuracy"] == 0.9
+    # best: the record of the best epoch (by val_loss), every value from that epoch
+    assert summary["best"]["epoch"] == 2
+    assert summary["best"]["val_loss"] == 0.5 and summary["best"]["val_accuracy"] == 0.7
+    # each metric's own best, with the epoch that reached it
+    assert summary["best_per_metric"]["val_loss"] == {"value": 0.5, "epoch": 2}
+    assert summary["best_per_metric"]["val_accuracy"] == {"value": 0.9, "epoch": 3}
     assert db_session.query(JobMetric).filter_by(job_id=job.id).count() == 3
 
 

@@ -148,6 +148,7 @@ def test_resume_after_a_crash_gives_the_same_weights(make_ctx, make_job, session
 
 def test_callbacks_write_the_checkpoint_first_and_check_for_stops_last(ctx, make_job,
                                                                       session_factory):
+    from mlp_engine.rule_monitor import RuleMonitor
     from worker.callbacks import CheckpointWriter, EventPublisher, MetricsRecorder, StopWatcher
 
     job_id = make_job(iris())
@@ -157,9 +158,9 @@ def test_callbacks_write_the_checkpoint_first_and_check_for_stops_last(ctx, make
 
     callbacks = worker_runner.job_callbacks(job, spec=JobSpec.model_validate(job.spec),
                                             ctx=ctx)
-    assert [type(cb) for cb in callbacks] == [CheckpointWriter, MetricsRecorder,
+    assert [type(cb) for cb in callbacks] == [RuleMonitor, CheckpointWriter, MetricsRecorder,
                                               EventPublisher, StopWatcher]
-    assert callbacks[0].ledger is callbacks[1].ledger  # one view of what is written
+    assert callbacks[1].ledger is callbacks[2].ledger  # one view of what is written
 
 
 def test_an_epochs_metrics_are_recorded_and_published_after_its_checkpoint(
