@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from .jobs import json_safe
-from .models import Job, JobStatus, utcnow
+from .locks import hold_job
+from .models import Job
 from .webhooks import job_data, record_event
 
 __all__ = ["add_findings", "finding_key"]
@@ -33,14 +33,7 @@ def add_findings(session: Session, job_id: str, findings: Sequence[dict[str, Any
     The fence is a conditional UPDATE of the job row, so the row stays locked until this
     transaction commits: two writers cannot interleave their read and write.
     """
-    q = update(Job).where(Job.id == job_id)
-    if worker_id is not None:
-        q = q.where(Job.worker_id == worker_id,
-                    Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
-    held = session.execute(q.values(updated_at=utcnow())
-                           .execution_options(synchronize_session=False)).rowcount
-    if held != 1:
-        session.rollback()
+    if not hold_job(session, job_id, worker_id):
         return None
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None

@@ -25,7 +25,7 @@ from mlp_engine.metric_table import METRICS, is_better
 
 from .errors import ActiveJobsLimit, DatasetGone, JobStateError
 from .idempotency import replayed
-from .locks import lock_row
+from .locks import hold_job, lock_row
 from .models import ACTIVE, TERMINAL, Dataset, Job, JobMetric, JobStatus, Tenant, new_id, utcnow
 from .paging import keyset_page
 from .webhooks import record_job_event
@@ -435,16 +435,8 @@ def record_epochs(
     until this transaction commits and a concurrent take-over waits for it.
     """
     records = [json_safe(r) for r in records]
-    if worker_id is not None:
-        held = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id,
-                   Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
-            .values(updated_at=utcnow())
-            .execution_options(synchronize_session=False)).rowcount
-        if held != 1:
-            session.rollback()
-            return False
+    if worker_id is not None and not hold_job(session, job_id, worker_id):
+        return False
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return False

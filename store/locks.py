@@ -9,13 +9,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-__all__ = ["lock_row"]
+from .models import Job, JobStatus, utcnow
+
+__all__ = ["lock_row", "hold_job"]
 
 
 def lock_row(session: Session, model: Any, row_id: str) -> bool:
     """Lock the row of `model` with this id until the transaction ends; False if none."""
     return session.scalar(select(model.id).where(model.id == row_id).with_for_update()) \
         is not None
+
+
+def hold_job(session: Session, job_id: str, worker_id: str | None) -> bool:
+    """Lock the job's row for a write of its worker, in one conditional UPDATE: True while
+    `worker_id` (None: anyone) holds the running job, else roll back and answer False.
+
+    The row stays locked (PostgreSQL) or the database write-locked (SQLite) until the
+    commit, so a take-over by another worker waits for this write, and what is read next
+    is not changed by anyone else meanwhile."""
+    q = update(Job).where(Job.id == job_id)
+    if worker_id is not None:
+        q = q.where(Job.worker_id == worker_id,
+                    Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+    held = session.execute(q.values(updated_at=utcnow())
+                           .execution_options(synchronize_session=False)).rowcount
+    if held != 1:
+        session.rollback()
+        return False
+    return True

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from .models import Job, JobLogLine, JobStatus, utcnow
+from .locks import hold_job
+from .models import JobLogLine, utcnow
 
 __all__ = [
     "LogLine",
@@ -80,16 +81,8 @@ def append_log_lines(
     note (so the last number is then `max_lines + 1`) and the rest are dropped, in this
     batch and every later one.
     """
-    q = update(Job).where(Job.id == job_id)
-    if worker_id is not None:
-        q = q.where(Job.worker_id == worker_id,
-                    Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
-    # the row stays locked (PostgreSQL) or the database write-locked (SQLite) until the
-    # commit: the numbers read next are not taken by anyone else meanwhile
-    held = session.execute(q.values(updated_at=utcnow())
-                           .execution_options(synchronize_session=False)).rowcount
-    if held != 1:
-        session.rollback()
+    # held until the commit: the numbers read next are not taken by anyone else meanwhile
+    if not hold_job(session, job_id, worker_id):
         return None
     last = last_line_no(session, job_id)
     room = max(0, max_lines - last)
