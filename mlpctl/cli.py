@@ -4,8 +4,9 @@
     mlpctl api [--host H] [--port P]            # the API alone (docker-compose "api")
     mlpctl worker [--queues cpu,gpu] [--concurrency N]   # one Celery worker ("worker")
     mlpctl keys create --tenant NAME [--data-dir DIR]
-    mlpctl jobs submit spec.yaml [--wait] | get ID | list | wait ID | cancel ID | metrics ID
-    mlpctl jobs weights ID -o model.safetensors [--format pt|onnx] | predict ID x.json
+    mlpctl jobs submit spec.yaml [--follow] | show ID | list | follow ID | cancel ID | metrics ID
+    mlpctl jobs weights ID -o model.safetensors [--format pt|onnx] | predict ID '[[...]]'
+    (client commands print tables; --json prints JSON for scripts)
     mlpctl jobs logs ID [-f] [--since N]       # the job's log; -f follows it until the end
     mlpctl datasets upload data.csv --target y | list | get ID | delete ID
 
@@ -177,74 +178,120 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
 
+def _read_text(path: str, what: str) -> str:
+    """A file's text (`-`: standard input), or a one-line error naming the file."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise SystemExit(f"mlpctl: no {what} file {path!r}") from None
+    except IsADirectoryError:
+        raise SystemExit(f"mlpctl: {path!r} is a directory, not a {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"mlpctl: cannot read {what} file {path!r}: {exc}") from None
+
+
 def read_spec(path: str) -> dict[str, Any]:
     """A job spec from a .json or .yaml file (`-` reads JSON or YAML from stdin)."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    text = _read_text(path, "spec")
     if path.endswith((".yaml", ".yml")) or path == "-":
         import yaml
 
-        spec = yaml.safe_load(text)
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise SystemExit(f"mlpctl: {path} is not valid YAML{at}: {problem}") from None
     else:
-        spec = json.loads(text)
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"mlpctl: {path} is not valid JSON (line {exc.lineno}, column "
+                             f"{exc.colno}): {exc.msg}") from None
     if not isinstance(spec, dict):
         raise SystemExit(f"mlpctl: {path} does not hold a job spec (a mapping)")
     return spec
 
 
-def describe_job(job: dict[str, Any]) -> str:
-    """A job as `mlpctl jobs show` prints it."""
-    progress = job.get("progress") or {}
-    lines = [f"job {job['id']}" + (f" ({job['name']})" if job.get("name") else ""),
-             f"  status    {job['status']}, epoch {progress.get('epoch', 0)} of "
-             f"{progress.get('epochs', '?')}, device {job.get('device') or '-'}, "
-             f"{job.get('parameter_count') or 0} parameters"]
-    metrics = job.get("metrics") or {}
-    best = metrics.get("best") or {}
-    if metrics.get("best_epoch") is not None:
-        values = ", ".join(f"{k} {v:.4g}" for k, v in best.items()
-                           if k != "epoch" and isinstance(v, (int, float)))
-        lines.append(f"  best      epoch {metrics['best_epoch']}: {values}")
-    if job.get("error"):
-        lines.append(f"  error     {job['error'].get('type')}: {job['error'].get('message')}")
-    findings = job.get("findings") or []
-    lines.append(f"  findings  {len(findings) or 'none'}")
-    for f in findings:
-        when = f"epoch {f['epoch']}" if f.get("epoch") is not None else "before training"
-        where = f", {f['layer']}" if f.get("layer") else ""
-        lines.append(f"    [{f['severity']}] {f['rule']} ({when}{where}): {f['message']}")
-        if f.get("suggestion"):
-            change = ", ".join(f"{k}={json.dumps(v)}" for k, v in f["suggestion"].items())
-            lines.append(f"      try: {change}")
-    return "\n".join(lines)
+def read_rows(value: str) -> list[Any]:
+    """Rows to predict: inline JSON (`[[...]]` or `{"x": [[...]]}`), a JSON file, or `-`."""
+    text = value if value.lstrip().startswith(("[", "{")) else _read_text(value, "input")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"mlpctl: the rows are not valid JSON (line {exc.lineno}, column "
+                         f"{exc.colno}): {exc.msg}; give [[...], ...] or a file") from None
+    rows = data.get("x") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise SystemExit('mlpctl: give the rows as [[...], ...] or {"x": [[...], ...]}')
+    return rows
+
+
+def _exit_status(job: dict[str, Any]) -> int:
+    return 0 if job["status"] == JobStatus.SUCCEEDED else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from mlpctl import display
+
     client = _client(args)
-    action = args.jobs_action
+    action, as_json = args.jobs_action, args.json
+    out = display.print_json if as_json else None
     if action == "submit":
         job = client.submit(read_spec(args.spec), idempotency_key=args.idempotency_key)
-        if args.wait:
-            job = client.wait(job["id"], timeout=args.timeout)
-        _print(job)
+        if args.follow or args.wait:
+            if not as_json:
+                display.console.print(f"submitted {job['id']}; following it (Ctrl-C stops "
+                                      f"following, not the job)", markup=False)
+            return _exit_status(display.follow_job(client, job, as_json=as_json,
+                                                   timeout=args.timeout))
+        if out:
+            out(job)
+        else:
+            display.console.print(f"submitted {job['id']} ({job['status']})\n"
+                                  f"  follow it:  mlpctl jobs follow {job['id']}", markup=False)
         return 0 if job["status"] not in TERMINAL or job["status"] == JobStatus.SUCCEEDED else 1
-    if action == "get":
-        _print(client.get(args.job_id))
-    elif action == "show":
-        print(describe_job(client.get(args.job_id)))
+    if action in ("get", "show"):
+        job = client.get(args.job_id)
+        if out:
+            out(job)
+        else:
+            display.console.print(display.describe_job(job), markup=False)
     elif action == "findings":
-        _print(client.findings(args.job_id))
+        if out:
+            out(client.findings(args.job_id))
+        else:
+            display.console.print(display.describe_job(client.get(args.job_id)), markup=False)
     elif action == "list":
-        _print(list(client.list_jobs(status=args.status, name=args.name, limit=args.limit)))
-    elif action == "wait":
-        job = client.wait(args.job_id, timeout=args.timeout)
-        _print(job)
-        return 0 if job["status"] == "succeeded" else 1
+        jobs = list(client.list_jobs(status=args.status, name=args.name, limit=args.limit))
+        if out:
+            out(jobs)
+        elif not jobs:
+            display.console.print("no jobs")
+        else:
+            display.table(display.JOB_COLUMNS, display.job_rows(jobs))
+    elif action in ("wait", "follow"):
+        return _exit_status(display.follow_job(client, client.get(args.job_id),
+                                               as_json=as_json, timeout=args.timeout))
     elif action == "cancel":
-        _print(client.cancel(args.job_id))
+        job = client.cancel(args.job_id)
+        if out:
+            out(job)
+        else:
+            display.console.print(f"{job['id']}: {job['status']}", markup=False)
     elif action == "delete":
         client.delete_job(args.job_id)
+        if not as_json:
+            display.console.print(f"deleted {args.job_id}", markup=False)
     elif action == "metrics":
-        _print(client.metrics(args.job_id, since=args.since))
+        metrics = client.metrics(args.job_id, since=args.since)
+        if out:
+            out(metrics)
+        else:
+            display.metrics_table(metrics["epochs"])
     elif action == "logs":
         if args.follow:
             for line in client.follow_logs(args.job_id, since=args.since):
@@ -252,43 +299,123 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(client.logs(args.job_id, since=args.since))
     elif action == "weights":
-        out = args.output or f"{args.job_id}.{args.format}"
-        client.weights(args.job_id, out, format=args.format)
-        print(out)
+        target = args.output or f"{args.job_id}.{args.format}"
+        client.weights(args.job_id, target, format=args.format)
+        print(target)
     elif action == "predict":
-        x = json.loads(Path(args.x).read_text() if args.x != "-" else sys.stdin.read())
-        _print(client.predict(args.job_id, x["x"] if isinstance(x, dict) else x))
+        answer = client.predict(args.job_id, read_rows(args.x))
+        if out:
+            out(answer)
+        else:
+            _prediction_table(display, answer)
     return 0
+
+
+def _prediction_table(display: Any, answer: dict[str, Any]) -> None:
+    probabilities = answer.get("probabilities")
+    rows = []
+    for i, prediction in enumerate(answer["predictions"]):
+        p = probabilities[i] if probabilities else None
+        top = max(p) if isinstance(p, list) and p and not isinstance(p[0], list) else None
+        rows.append([i, prediction, top])
+    display.table(("row", "prediction", "probability"), rows)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    from mlpctl import display
+
     client = _client(args)
-    action = args.datasets_action
+    action, out = args.datasets_action, (display.print_json if args.json else None)
     if action == "upload":
-        _print(client.upload_dataset(args.file, target=args.target, name=args.name,
-                                     format=args.format))
+        path = Path(args.file)
+        if not path.is_file():
+            raise SystemExit(f"mlpctl: no file {args.file!r} to upload")
+        ds = _upload(client, display, path, args, quiet=bool(out))
+        if out:
+            out(ds)
+        else:
+            display.key_values((k, ds.get(k)) for k in (
+                "id", "name", "n_rows", "n_features", "n_classes", "target", "feature_names",
+                "bytes", "sha256"))
     elif action == "list":
-        _print(list(client.list_datasets(limit=args.limit)))
+        items = list(client.list_datasets(limit=args.limit))
+        if out:
+            out(items)
+        else:
+            display.table(("id", "name", "rows", "features", "classes", "bytes", "age"),
+                          ([d["id"], d.get("name"), d.get("n_rows"), d.get("n_features"),
+                            d.get("n_classes"), d.get("bytes"), display.age(d.get("created_at"))]
+                           for d in items))
     elif action == "get":
-        _print(client.get_dataset(args.dataset_id))
+        ds = client.get_dataset(args.dataset_id)
+        if out:
+            out(ds)
+        else:
+            display.key_values(ds.items())
     elif action == "delete":
         client.delete_dataset(args.dataset_id)
+        if not out:
+            display.console.print(f"deleted {args.dataset_id}", markup=False)
     return 0
 
 
+def _upload(client: Any, display: Any, path: Path, args: argparse.Namespace, *,
+            quiet: bool) -> dict[str, Any]:
+    """Upload, with a progress bar for files of a megabyte or more."""
+    size = path.stat().st_size
+    if quiet or size < 2**20:
+        return dict(client.upload_dataset(path, target=args.target, name=args.name,
+                                          format=args.format))
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=display.console, transient=True) as bar:
+        task = bar.add_task(f"uploading {path.name}", total=size)
+        return dict(client.upload_dataset(
+            path, target=args.target, name=args.name, format=args.format,
+            progress=lambda sent: bar.update(task, completed=sent)))
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
+    from mlpctl import display
+
     webhooks = _client(args).webhooks
-    action = args.webhooks_action
+    action, out = args.webhooks_action, (display.print_json if args.json else None)
     if action == "create":
-        _print(webhooks.create(args.webhook_url, events=args.events, secret=args.secret))
+        hook = webhooks.create(args.webhook_url, events=args.events, secret=args.secret)
+        if out:
+            out(hook)
+        else:
+            display.key_values((k, hook.get(k)) for k in ("id", "url", "events", "created_at"))
+            display.console.print(f"signing secret (shown once, keep it): {hook.get('secret')}",
+                                  markup=False)
     elif action == "list":
-        _print(webhooks.list())
+        hooks = webhooks.list()
+        if out:
+            out(hooks)
+        else:
+            display.table(("id", "url", "events", "age"),
+                          ([h["id"], h.get("url"), ", ".join(h.get("events") or []),
+                            display.age(h.get("created_at"))] for h in hooks))
     elif action == "deliveries":
-        _print(list(webhooks.deliveries(args.webhook_id, limit=args.limit)))
+        items = list(webhooks.deliveries(args.webhook_id, limit=args.limit))
+        if out:
+            out(items)
+        else:
+            display.table(("id", "event", "status", "attempts", "last code", "next attempt"),
+                          ([d.get("id"), d.get("event"), d.get("status"), d.get("attempts"),
+                            d.get("last_status_code"), d.get("next_attempt_at")]
+                           for d in items))
     elif action == "ping":
-        _print(webhooks.ping(args.webhook_id))
+        answer = webhooks.ping(args.webhook_id)
+        if out:
+            out(answer)
+        else:
+            display.console.print(f"ping queued: delivery {answer.get('id')}", markup=False)
     elif action == "delete":
         webhooks.delete(args.webhook_id)
+        if not out:
+            display.console.print(f"deleted {args.webhook_id}", markup=False)
     return 0
 
 
@@ -353,24 +480,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="service URL (default $MLP_URL or %(default)s)")
         q.add_argument("--api-key", default=os.environ.get("MLP_API_KEY"),
                        help="API key (default $MLP_API_KEY)")
+        q.add_argument("--json", action="store_true",
+                       help="print JSON for scripts (one object per line when following) "
+                            "instead of tables")
 
     p = sub.add_parser("jobs", help="submit and follow training jobs")
     jobs = p.add_subparsers(dest="jobs_action", required=True, metavar="ACTION")
     j = jobs.add_parser("submit", help="submit a job spec (.json or .yaml)")
     j.add_argument("spec")
-    j.add_argument("--wait", action="store_true", help="wait until the job ends")
-    j.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    j.add_argument("-f", "--follow", action="store_true",
+                   help="follow it: a live progress bar (epoch, losses, the task metric, "
+                        "ETA), findings as they come, then a summary")
+    j.add_argument("--wait", action="store_true", help="the same as --follow")
+    j.add_argument("--timeout", type=float, help="give up following after this many seconds")
     j.add_argument("--idempotency-key")
-    for name, help_text in [("get", "a job as JSON"),
-                            ("show", "a job for people: status, progress, metrics, error and "
+    for name, help_text in [("show", "a job: status, progress, best metrics, error and "
                                      "findings with what to change"),
-                            ("findings", "what the rules found, as JSON"),
-                            ("wait", "wait until a job ends"),
+                            ("get", "the same as show (--json: the whole job object)"),
+                            ("findings", "what the rules found, with what to change"),
+                            ("follow", "follow a job until it ends (as submit --follow)"),
+                            ("wait", "the same as follow"),
                             ("cancel", "cancel a job"), ("delete", "delete a finished job")]:
         j = jobs.add_parser(name, help=help_text)
         j.add_argument("job_id")
-        if name == "wait":
-            j.add_argument("--timeout", type=float)
+        if name in ("wait", "follow"):
+            j.add_argument("--timeout", type=float,
+                           help="give up following after this many seconds")
     j = jobs.add_parser("list", help="list jobs, newest first")
     j.add_argument("--status")
     j.add_argument("--name")
@@ -388,9 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("job_id")
     j.add_argument("-o", "--output")
     j.add_argument("--format", choices=["safetensors", "pt", "onnx"], default="safetensors")
-    j = jobs.add_parser("predict", help='predict: a JSON file with {"x": [[...]]}')
+    j = jobs.add_parser("predict", help="predict rows: inline JSON ('[[...], ...]'), or a "
+                                        'JSON file of rows or {"x": [[...]]}, or - for stdin')
     j.add_argument("job_id")
-    j.add_argument("x")
+    j.add_argument("x", metavar="ROWS")
     for j in jobs.choices.values():
         client_options(j)
     p.set_defaults(func=cmd_jobs)

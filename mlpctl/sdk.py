@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,22 @@ def _message(body: Any, fallback: str) -> str:
             if value is not None:
                 return json.dumps(value)
     return fallback
+
+
+class _Counting:
+    """A file that reports how many bytes were read from it (an upload's progress)."""
+
+    def __init__(self, f: Any, progress: Callable[[int], object]) -> None:
+        self._f, self._progress, self._sent = f, progress, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._f.read(size)
+        self._sent += len(chunk)
+        self._progress(self._sent)
+        return bytes(chunk)
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, name, ... for the encoder
+        return getattr(self._f, name)
 
 
 class Client:
@@ -243,14 +259,17 @@ class Client:
     # -- datasets
 
     def upload_dataset(self, path: str | os.PathLike[str], *, target: str,
-                       name: str | None = None, format: str | None = None) -> dict[str, Any]:
+                       name: str | None = None, format: str | None = None,
+                       progress: Callable[[int], object] | None = None) -> dict[str, Any]:
+        """Upload a CSV, NPZ or Parquet file; `progress(bytes_sent)` is called as it goes."""
         p = Path(path)
         form = {"target": target, "name": name or p.stem}
         if format:
             form["format"] = format
         with p.open("rb") as f:
+            body: Any = _Counting(f, progress) if progress else f
             return self._json("POST", "/v1/datasets", data=form,
-                              files={"file": (p.name, f, "application/octet-stream")})
+                              files={"file": (p.name, body, "application/octet-stream")})
 
     def list_datasets(self, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
         return self._pages("/v1/datasets", {"limit": min(limit, 100) if limit else None},

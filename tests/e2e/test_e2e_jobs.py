@@ -267,6 +267,8 @@ def test_the_readme_walk_through_works(stack, tenant, tmp_path) -> None:
     section = readme[readme.index("## A walk through with curl"):]
     script = re.search(r"```bash\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
     script = re.sub(r"^export MLP_URL=.*$", "", script, count=1, flags=re.M)
+    # the virtual environment is this one (PATH below), not one in the test's directory
+    script = re.sub(r"^\. \.venv/bin/activate$", "", script, count=1, flags=re.M)
     env = {**os.environ, "MLP_URL": stack.base_url, "MLP_API_KEY": tenant.key,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=tmp_path,
