@@ -41,8 +41,13 @@ class PreparedData:
 
 
 def _as_loaded(x: Any, y: Any) -> LoadedData:
+    """Arrays, tensors or pandas objects as a dataset; a DataFrame's columns (and a Series'
+    or DataFrame's target names) name the features and targets, else x0.., y0.."""
     if y is None:
         raise SpecError("fit got x without y", field="y")
+    feature_names = [str(c) for c in getattr(x, "columns", ())]
+    target_names = ([str(c) for c in y.columns] if hasattr(y, "columns")
+                    else [str(y.name)] if getattr(y, "name", None) is not None else [])
     xa = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     ya = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if xa.ndim != 2 or xa.shape[0] != ya.shape[0]:
@@ -53,9 +58,11 @@ def _as_loaded(x: Any, y: Any) -> LoadedData:
         raise SpecError("x holds NaN or infinite values", field="x")
     if ya.dtype.kind == "U":
         ya = ya.astype(object)
-    return LoadedData(x=xa, y=ya, feature_names=[f"x{i}" for i in range(xa.shape[1])],
-                      target_names=["y"] if ya.ndim == 1 else [f"y{i}" for i in
-                                                              range(ya.shape[1])])
+    if len(feature_names) != xa.shape[1]:
+        feature_names = [f"x{i}" for i in range(xa.shape[1])]
+    if len(target_names) != (1 if ya.ndim == 1 else ya.shape[1]):
+        target_names = ["y"] if ya.ndim == 1 else [f"y{i}" for i in range(ya.shape[1])]
+    return LoadedData(x=xa, y=ya, feature_names=feature_names, target_names=target_names)
 
 
 def prepare_data(spec: JobSpec, x: Any = None, y: Any = None, *, device: torch.device,

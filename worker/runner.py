@@ -474,9 +474,14 @@ def _load_data(ctx: WorkerContext, job: Job) -> tuple[Any, Any]:
     except ArtifactError as exc:
         raise DataError(f"the file of dataset {dataset_ref} is missing from the artifact "
                         "store", field="dataset.id") from exc
-    # the columns the upload read (describe() made its DatasetInfo from them)
+    # the columns the upload read (describe() made its DatasetInfo from them), with their
+    # names: the model card and the weights file name the features as the file did
+    import pandas as pd
+
     data = read_table(path, format=fmt, target=target)
-    return data.x, data.y
+    y = (pd.Series(data.y, name=data.target_names[0]) if data.y.ndim == 1
+         else pd.DataFrame(data.y, columns=data.target_names))
+    return pd.DataFrame(data.x, columns=data.feature_names, copy=False), y
 
 
 def _load_checkpoint(ctx: WorkerContext, job: Job) -> dict[str, Any] | None:

@@ -604,3 +604,17 @@ def test_regression_metrics_with_two_targets() -> None:
     assert rec["val_mae"] == pytest.approx(mean_absolute_error(truth, pred), rel=1e-4)
     assert rec["val_r2"] == pytest.approx(r2_score(truth, pred), rel=1e-4)
     assert rec["val_rmse"] == pytest.approx(math.sqrt(rec["val_mse"]), rel=1e-6)
+
+
+def test_fit_on_pandas_keeps_the_column_names() -> None:
+    import pandas as pd
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    x, y = frame.drop(columns="target"), frame["target"].rename("species")
+    result = fit({"training": {"epochs": 1}}, x, y, num_threads=1)
+    assert result.preprocessing["feature_names"] == list(x.columns)
+    assert result.preprocessing["target_names"] == ["species"]
+    plain = fit({"training": {"epochs": 1}}, x.to_numpy(), y.to_numpy(), num_threads=1)
+    assert plain.preprocessing["feature_names"] == ["x0", "x1", "x2", "x3"]
+    assert isinstance(x, pd.DataFrame)

@@ -341,6 +341,9 @@ def test_uploaded_dataset_with_string_labels(ctx, make_job, session_factory, ten
     assert len(rows) == 2
     model = load_model(ctx.artifacts.local_path(job.weights_uri))
     assert list(model.preprocessing["class_labels"]) == ["no", "yes"]
+    # the file's column names, not x0, x1
+    assert model.preprocessing["feature_names"] == ["a", "b"]
+    assert model.preprocessing["target_names"] == ["label"]
 
 
 @pytest.mark.parametrize("spec", [
