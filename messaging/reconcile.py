@@ -1,4 +1,6 @@
-"""`recover_jobs`: make Redis agree with the database, the source of truth.
+"""`recover_jobs`: make Redis agree with the database, the source of truth; and
+`advance_sweeps`: move every unfinished sweep forward (a controller step that a killed
+worker or API never took is taken here).
 
 Run by the API process (service/reconciler.py: at start and every
 MLP_RECONCILE_INTERVAL_S); see messaging.celery_factory for why it runs there.
@@ -22,7 +24,7 @@ from .celery_factory import QUEUES
 from .live_events import publish_status, queued_key
 from .queues import enqueue_job, fair_priority
 
-__all__ = ["recover_jobs", "RECOVER_LOCK"]
+__all__ = ["recover_jobs", "advance_sweeps", "RECOVER_LOCK"]
 
 log = logging.getLogger(__name__)
 
@@ -78,4 +80,31 @@ def recover_jobs(
             job.enqueued_at = now
             session.commit()
             counts["requeued"] += 1
+    return counts
+
+
+def advance_sweeps(session_factory: Callable[[], Session], redis: redis_lib.Redis,
+                   celery: Celery) -> dict[str, int]:
+    """Run store.sweeps.advance_sweep for every sweep not yet finished: trials that a
+    killed process never made are made, sweeps whose trials all ended are ended. Safe
+    anywhere, any number of times (the sweep row lock and the unique trial numbers)."""
+    from store.sweeps import active_sweep_ids, advance_sweep
+
+    from .sweeps import publish_sweep_hint, trial_sender
+
+    counts = {"sweeps": 0, "trials": 0, "finished": 0}
+    enqueue = trial_sender(celery, redis)
+    with session_factory() as session:
+        for sweep_id in active_sweep_ids(session):
+            try:
+                done = advance_sweep(session, sweep_id, enqueue=enqueue)
+            except Exception as exc:  # one sweep's trouble must not stop the others
+                session.rollback()
+                log.warning("could not advance sweep %s: %s", sweep_id, exc)
+                continue
+            counts["sweeps"] += 1
+            counts["trials"] += len(done.created)
+            counts["finished"] += int(done.finished)
+            if done.created or done.finished:
+                publish_sweep_hint(redis, sweep_id)
     return counts

@@ -9,6 +9,7 @@
     (client commands print tables; --json prints JSON for scripts)
     mlpctl jobs logs ID [-f] [--since N]       # the job's log; -f follows it until the end
     mlpctl datasets upload data.csv --target y | list | get ID | delete ID
+    mlpctl sweeps submit sweep.yaml [--follow] | show ID | list | cancel ID | extend ID N
 
 Server commands read the same environment as the service (`MLP_DATA_DIR`, `DATABASE_URL`,
 `REDIS_URL`, ...; `--data-dir` sets `MLP_DATA_DIR`). Client commands read `MLP_URL`
@@ -566,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     for w in hooks.choices.values():
         client_options(w)
     p.set_defaults(func=cmd_webhooks)
+
+    from mlpctl import sweeps_cli
+
+    sweeps_cli.add_parser(sub, client_options)
     return parser
 
 

@@ -281,6 +281,75 @@ class Client:
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
+    # -- sweeps (SPEC 9)
+
+    def sweep(self, spec: dict[str, Any], *, idempotency_key: str | None = None
+              ) -> dict[str, Any]:
+        """Submit a sweep (`base`, `space`, `strategy`, `objective`, ...); answers it."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/sweeps", json=spec, headers=headers)
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/sweeps/{sweep_id}")
+
+    def list_sweeps(self, *, status: str | None = None, limit: int | None = None
+                    ) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/sweeps", {"status": status,
+                                          "limit": min(limit, 100) if limit else None}, limit)
+
+    def leaderboard(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The sweep's trials, best first: trial, job_id, status, values, objective."""
+        return list(self._json("GET", f"/v1/sweeps/{sweep_id}/trials")["trials"])
+
+    def sweep_events(self, sweep_id: str, *, timeout: float | None = None
+                     ) -> Iterator[tuple[str, Any]]:
+        """The sweep's Server-Sent Events as (event, data) pairs (`sweep`, `trial_started`,
+        `trial_finished`, `trial_pruned`, `best`), until the `end` event."""
+        return self._sse(f"/v1/sweeps/{sweep_id}/events", timeout=timeout)
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def extend_sweep(self, sweep_id: str, max_trials: int) -> dict[str, Any]:
+        """Raise the sweep's max_trials (a finished sweep runs again)."""
+        return self._json("PATCH", f"/v1/sweeps/{sweep_id}", json={"max_trials": max_trials})
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        self._request("DELETE", f"/v1/sweeps/{sweep_id}")
+
+    def _sse(self, path: str, *, timeout: float | None) -> Iterator[tuple[str, Any]]:
+        with self._http.stream("GET", path,
+                               timeout=httpx.Timeout(timeout, connect=10.0)) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    body: Any = response.json()
+                except ValueError:
+                    body = response.text
+                raise APIError(response.status_code, _message(body, "error"), body)
+            event, data = "message", list[str]()
+            for line in response.iter_lines():
+                if not line:
+                    if data:
+                        text = "\n".join(data)
+                        try:
+                            payload: Any = json.loads(text)
+                        except ValueError:
+                            payload = text
+                        yield event, payload
+                        if event == "end":
+                            return
+                    event, data = "message", []
+                elif line.startswith(":"):
+                    continue
+                else:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
+
     # -- webhooks
 
     @property

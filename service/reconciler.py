@@ -10,7 +10,8 @@ database with a lease before training, so only one delivery runs.
 
 This module runs it once when the API starts and then every `MLP_RECONCILE_INTERVAL_S`
 seconds (0: never, in this process), in a worker thread, logging (not raising) when Redis
-or the database does not answer. Each round also deletes webhook deliveries past
+or the database does not answer. Each round also advances every unfinished sweep
+(messaging.reconcile.advance_sweeps) and deletes webhook deliveries past
 MLP_WEBHOOK_RETENTION_DAYS (their sending is the workers', from the database alone).
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from messaging.reconcile import recover_jobs
+from messaging.reconcile import advance_sweeps, recover_jobs
 from store.models import utcnow
 from store.webhooks import prune_deliveries
 
@@ -83,6 +84,13 @@ def reconcile_once(services: Services) -> dict[str, int] | None:
         return None
     if any(counts.values()):
         log.info("reconciler: %s", counts)
+    try:  # sweeps (SPEC 9): a controller step a killed process never took
+        swept = advance_sweeps(services.session_factory, services.redis, services.celery)
+    except Exception as exc:  # the database away: next round
+        log.warning("reconciler: could not advance sweeps: %s", exc)
+    else:
+        if swept["trials"] or swept["finished"]:
+            log.info("reconciler: sweeps %s", swept)
     prune_webhook_deliveries(services)
     return counts
 

@@ -46,6 +46,12 @@ __all__ = [
     "DeliveryList",
     "MAX_PREDICT_ROWS",
     "SPEC_EXAMPLES",
+    "SweepPatch",
+    "SweepPublic",
+    "SweepList",
+    "TrialPublic",
+    "Leaderboard",
+    "SWEEP_EXAMPLES",
 ]
 
 MAX_PREDICT_ROWS = 10_000
@@ -160,6 +166,8 @@ class JobPublic(BaseModel):
         default_factory=list, description="what the rules found: before training (at "
                                           "submit) and while it trains, once per rule and "
                                           "layer, in the order found")
+    sweep_id: str | None = Field(default=None, description="a sweep's trial: its sweep")
+    trial: int | None = Field(default=None, description="a sweep's trial: its number")
 
     @classmethod
     def from_row(cls, job: Any) -> JobPublic:
@@ -181,7 +189,8 @@ class JobPublic(BaseModel):
             progress=Progress(epoch=job.epoch, epochs=job.epochs), attempts=job.attempts,
             device=job.device, parameter_count=job.parameter_count,
             metrics=_summary_of(job.metrics_summary), error=error, artifacts=artifacts,
-            findings=list(job.findings or []))
+            findings=list(job.findings or []), sweep_id=getattr(job, "sweep_id", None),
+            trial=getattr(job, "trial", None))
 
     def for_listing(self) -> JobPublic:
         """The job as a list shows it: inline data (up to megabytes) replaced by its shape;
@@ -469,3 +478,102 @@ class DeliveryPublic(BaseModel):
 class DeliveryList(BaseModel):
     items: list[DeliveryPublic]
     next_cursor: str | None = None
+
+
+# --------------------------------------------------------------------------- sweeps
+
+#: An example sweep for the OpenAPI documents (its request body is mlp_engine's SweepSpec).
+SWEEP_EXAMPLES: dict[str, Any] = {
+    "grid": {"summary": "activations × widths on digits", "value": {
+        "name": "digits-act-width", "base": {"dataset": {"builtin": "digits"},
+                                             "training": {"epochs": 10}},
+        "space": {"model.activation": {"choice": ["relu", "tanh"]},
+                  "model.hidden_dims": {"choice": [[64], [128, 128]]}},
+        "strategy": "grid", "max_concurrent": 2,
+        "objective": {"metric": "val_accuracy", "mode": "max"}}},
+    "tpe": {"summary": "learning rate and width by TPE, with ASHA", "value": {
+        "name": "digits-lr", "base": {"dataset": {"builtin": "digits"},
+                                      "training": {"epochs": 27}},
+        "space": {"optimizer.lr": {"log_uniform": [0.0001, 0.1]},
+                  "model.hidden_dims": {"choice": [[64], [128, 128]]}},
+        "strategy": "tpe", "max_trials": 20, "max_concurrent": 4, "seed": 0,
+        "objective": {"metric": "val_accuracy", "mode": "max"},
+        "early_stopping": {"name": "asha", "grace_epochs": 3, "reduction_factor": 3}}},
+}
+
+
+class SweepPatch(BaseModel):
+    """PATCH /v1/sweeps/{id}: raise max_trials (a finished sweep runs again)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_trials: int = Field(ge=1, le=100_000)
+
+
+class SweepBest(BaseModel):
+    job_id: str
+    trial: int | None = None
+    values: dict[str, Any]
+    objective: float | None = None
+    status: str | None = None
+
+
+class SweepPublic(BaseModel):
+    """A sweep: its request, status, trial counts by status and best trial so far."""
+
+    id: str
+    name: str | None = None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    base: dict[str, Any]
+    space: dict[str, Any]
+    strategy: str
+    seed: int
+    objective: dict[str, Any]
+    early_stopping: dict[str, Any] | None = None
+    max_trials: int
+    max_concurrent: int
+    trials_total: int = Field(description="how many trials the sweep runs: max_trials, or "
+                                          "for grid the grid's size when smaller")
+    counts: dict[str, int] = Field(description="trials by status, and `total` made so far")
+    best: SweepBest | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, sweep: Any, *, counts: dict[str, int], trials_total: int
+                 ) -> SweepPublic:
+        return cls(id=sweep.id, name=sweep.name, status=sweep.status, base=sweep.base,
+                   space=sweep.space, strategy=sweep.strategy, seed=sweep.seed,
+                   objective=sweep.objective, early_stopping=sweep.early_stopping,
+                   max_trials=sweep.max_trials, max_concurrent=sweep.max_concurrent,
+                   trials_total=trials_total, counts=counts,
+                   best=SweepBest.model_validate(sweep.best) if sweep.best else None,
+                   created_at=as_utc(sweep.created_at), started_at=as_utc(sweep.started_at),
+                   finished_at=as_utc(sweep.finished_at))
+
+
+class SweepList(BaseModel):
+    items: list[SweepPublic]
+    next_cursor: str | None = None
+
+
+class TrialPublic(BaseModel):
+    """One row of a sweep's leaderboard."""
+
+    rank: int = Field(description="1 for the best; trials without an objective come last")
+    trial: int
+    job_id: str
+    status: JobStatus
+    values: dict[str, Any] = Field(description="the trial's values, keyed by the space's paths")
+    objective: float | None = Field(default=None, description="the best value its epochs "
+                                                              "reached of objective.metric")
+    epochs_run: int
+    epochs: int
+
+
+class Leaderboard(BaseModel):
+    sweep_id: str
+    metric: str
+    mode: str
+    trials: list[TrialPublic]

@@ -120,6 +120,15 @@ class Settings(CommonSettings):
         validation_alias=_env("MLP_MAX_CONNECTIONS", "max_connections"),
         description="connections (and requests in progress) one API process takes at "
                     "once; past it, new ones are answered 503")
+    max_sweep_trials: int = Field(
+        default=1000, ge=1, le=100_000,
+        validation_alias=_env("MLP_MAX_SWEEP_TRIALS", "max_sweep_trials"),
+        description="the most trials one sweep may ask for (max_trials, PATCH included)")
+    max_sweep_concurrent: int = Field(
+        default=16, ge=1, le=1000,
+        validation_alias=_env("MLP_MAX_SWEEP_CONCURRENT", "max_sweep_concurrent"),
+        description="the most trials of one sweep queued or running at once "
+                    "(max_concurrent); also at most MLP_MAX_ACTIVE_JOBS_PER_TENANT")
     max_predict_cells: int = Field(
         default=1_000_000, ge=1,
         validation_alias=_env("MLP_MAX_PREDICT_CELLS", "max_predict_cells"),

@@ -97,6 +97,9 @@ def create_job(
     request_hash: str | None = None,
     max_active: int | None = None,
     findings: list[dict[str, Any]] | None = None,
+    sweep_id: str | None = None,
+    trial: int | None = None,
+    trial_values: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; return (job, created).
 
@@ -105,6 +108,8 @@ def create_job(
     The checks that concurrent requests could race are made in the inserting transaction,
     after the insert: at most `max_active` queued and running jobs for the tenant
     (ActiveJobsLimit), and the dataset still there (DatasetGone; see store.datasets).
+    A sweep's trial (store.sweeps) has `sweep_id`, `trial` and `trial_values`; a second
+    job with the same (sweep_id, trial) raises IntegrityError.
     """
     existing = replayed(session, Job, tenant_id=tenant_id, key=idempotency_key,
                         request_hash=request_hash)
@@ -132,6 +137,9 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         findings=json_safe(findings or []),
+        sweep_id=sweep_id,
+        trial=trial,
+        trial_values=json_safe(trial_values) if trial_values is not None else None,
     )
     try:
         _insert_checked(session, job, max_active=max_active)
@@ -213,8 +221,10 @@ def list_jobs(
     name: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    sweep_id: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """A page of the tenant's jobs, newest first, and the cursor of the next page."""
+    """A page of the tenant's jobs, newest first, and the cursor of the next page;
+    `sweep_id`: only that sweep's trials."""
     if name is not None and "\x00" in name:
         return [], None  # no name holds a NUL (and PostgreSQL refuses to compare one)
     q = select(Job).where(Job.tenant_id == tenant_id)
@@ -223,6 +233,10 @@ def list_jobs(
         q = q.where(Job.status.in_(statuses))
     if name is not None:
         q = q.where(Job.name == name)
+    if sweep_id is not None:
+        if not could_be_id(sweep_id):
+            return [], None
+        q = q.where(Job.sweep_id == sweep_id)
     return keyset_page(session, q, Job, limit=limit, cursor=cursor)
 
 

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: tenants and API keys, datasets, jobs, per-epoch metrics and log lines.
+"""SQLAlchemy 2 models: tenants and API keys, datasets, jobs, per-epoch metrics and log lines,
+sweeps (SPEC 9: searches whose trials are jobs).
 
 The database is the source of truth for every job; Redis only carries messages.
 """
@@ -24,10 +25,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .status import ACTIVE, TERMINAL, JobStatus
+from .status import ACTIVE, TERMINAL, JobStatus, SweepStatus
 
 __all__ = ["Base", "Tenant", "ApiKey", "Dataset", "Job", "JobMetric", "JobLogLine", "JobStatus",
-           "Webhook", "WebhookDelivery", "utcnow", "new_id", "TERMINAL", "ACTIVE"]
+           "Webhook", "WebhookDelivery", "Sweep", "SweepStatus", "utcnow", "new_id", "TERMINAL",
+           "ACTIVE"]
 
 
 def utcnow() -> datetime:
@@ -135,10 +137,17 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # a sweep's trial (SPEC 9): its sweep, its number (0, 1, ...) and the values of the
+    # sweep's space it was given, keyed by path
+    sweep_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trial_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # one job per trial number of a sweep: two controllers can never both make trial k
+        Index("uq_jobs_sweep_trial", "sweep_id", "trial", unique=True),
     )
 
 
@@ -216,4 +225,44 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at"),
+    )
+
+
+class Sweep(Base):
+    """A search over job specs (SPEC 9, store.sweeps): the request as validated, where it
+    stands, and its best trial so far. Its trials are jobs with its `sweep_id`."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=SweepStatus.QUEUED, index=True)
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the job spec the space varies
+    space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    strategy: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"metric", "mode"}
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    max_trials: Mapped[int] = mapped_column(Integer)
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    # what resolving a trial's spec needs without the dataset: its description and the
+    # limits the sweep was checked against at submit
+    dataset_info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON)
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_sweeps_tenant_idempotency"),
+        Index("ix_sweeps_tenant_created", "tenant_id", "created_at"),
     )

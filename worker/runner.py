@@ -280,6 +280,12 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
         if stopped_by is not None:
             return _finish_by_rule(ctx, job_log, stopped_by, weights=weights,
                                    summary_updates=updates)
+        pruned = _pruned_by(callbacks)
+        if pruned is not None:  # a sweep's early stopping (SPEC 9): metrics and weights kept
+            job_logger.info("%s", pruned)
+            job_log.save()
+            return _finish(ctx, job_id, JobStatus.PRUNED, weights=weights,
+                           summary_updates=updates)
         job_logger.info("succeeded after epoch %s of %s",
                         result.history[-1]["epoch"] if result.history else 0,
                         spec.training.epochs)
@@ -331,6 +337,14 @@ def _rule_stop(callbacks: list[Callback]) -> dict[str, Any] | None:
     return next((cb.stopped_by for cb in callbacks if isinstance(cb, RuleMonitor)), None)
 
 
+def _pruned_by(callbacks: list[Callback]) -> str | None:
+    """Why a sweep's early stopping ended the trial, if it did."""
+    from mlp_engine.sweep_pruning import TrialPruner
+
+    return next((cb.reason for cb in callbacks
+                 if isinstance(cb, TrialPruner) and cb.reason is not None), None)
+
+
 def _describe_device(device: str, threads: int | None) -> str:
     if device.startswith("cuda"):
         import torch
@@ -352,7 +366,9 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
     is written and named in the job row (with the records up to it) before the epoch's
     metrics are recorded on their own or published; the stop check comes last, so an epoch
     that finished is kept even when training stops right after it. With `job_log`, the
-    job's log says each epoch too (JobLogRecorder, before the stop check).
+    job's log says each epoch too (JobLogRecorder, before the stop check). A sweep's trial
+    whose sweep has early stopping gets worker.sweeps.trial_pruner's TrialPruner, after
+    the records are written and before the stop check.
     """
     s = ctx.settings
     # records up to job.epoch are in the database already (an earlier attempt's)
@@ -366,6 +382,9 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
                            redis=ctx.redis, worker_id=ctx.worker_id,
                            log=job_logger if job_log else None),
         known=list(job.findings or []))
+    from .sweeps import trial_pruner
+
+    pruner = trial_pruner(job, ctx=ctx, ledger=ledger)
     return [
         monitor,
         CheckpointWriter(ledger, artifacts=ctx.artifacts, attempt=job.attempts,
@@ -374,6 +393,7 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
         MetricsRecorder(ledger, flush_s=s.metrics_flush_s),
         EventPublisher(ctx.redis, job_id=job.id, after_epoch=job.epoch),
         *([JobLogRecorder(job_log, flush_s=s.metrics_flush_s)] if job_log else []),
+        *([pruner] if pruner is not None else []),
         StopWatcher(ctx.redis, job_id=job.id, heartbeat=heartbeat, poll_s=s.cancel_poll_s),
     ]
 

@@ -9,6 +9,7 @@ from messaging.celery_factory import TRAIN_TASK
 
 from .celery_app import celery_app, settings
 from .runner import WorkerContext, run_job
+from .sweeps import after_trial
 
 __all__ = ["train_job", "context", "reset_context"]
 
@@ -30,4 +31,7 @@ def context() -> WorkerContext:
 @celery_app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True,
                  ignore_result=True)
 def train_job(job_id: str) -> dict[str, Any]:
-    return run_job(job_id, context())
+    ctx = context()
+    result = run_job(job_id, ctx)
+    after_trial(ctx, job_id)  # a sweep's trial that ended: its sweep moves on (SPEC 9)
+    return result

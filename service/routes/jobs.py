@@ -163,9 +163,12 @@ def list_(services: ServicesDep, session: SessionDep, tenant: TenantDep,
           limit: Annotated[int, Query(ge=1, le=100)] = 20,
           cursor: Annotated[str | None, Query(max_length=1000,
                                               description="next_cursor of the previous page")
-                            ] = None) -> JobList:
+                            ] = None,
+          sweep_id: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$",
+                                                description="only this sweep's trials")
+                              ] = None) -> JobList:
     jobs, next_cursor = list_jobs(session, tenant.id, status=status, name=name, limit=limit,
-                                  cursor=cursor)
+                                  cursor=cursor, sweep_id=sweep_id)
     return JobList(items=[_public(j).for_listing() for j in jobs], next_cursor=next_cursor)
 
 
@@ -287,9 +290,10 @@ def logs(job: JobDep, services: ServicesDep, session: SessionDep, request: Reque
 
 
 def _require_success(job: Job, what: str) -> None:
-    """Weights exist once a job has succeeded, or when a rule of diagnostics.stop_on ended
-    it (the weights of its last epoch)."""
-    if not job.weights_uri or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+    """Weights exist once a job has succeeded, or when a rule of diagnostics.stop_on or a
+    sweep's early stopping (pruned) ended it (the weights of its last epoch)."""
+    if not job.weights_uri or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                 JobStatus.PRUNED):
         raise Conflict(f"job {job.id} is {job.status}; {what} exist only once it has "
                        "succeeded")
     if job.status == JobStatus.FAILED and job.error_type != "rule":

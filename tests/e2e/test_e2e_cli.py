@@ -93,3 +93,31 @@ def test_a_newcomers_mistakes_are_one_line_errors(mlpctl, newcomer_env, tmp_path
     assert done.returncode != 0
     assert done.stderr.strip().startswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+SWEEP_YAML = """\
+name: cli-sweep
+base:
+  dataset: {builtin: iris}
+  model: {hidden_dims: [8]}
+  training: {epochs: 3, batch_size: 32}
+space:
+  optimizer.lr: {choice: [0.001, 0.01]}
+strategy: grid
+max_concurrent: 2
+objective: {metric: val_accuracy, mode: max}
+"""
+
+
+def test_sweeps_submit_follow_then_show_the_leaderboard(mlpctl, env, tmp_path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP_YAML)
+    done = run(mlpctl, env, "sweeps", "submit", str(sweep), "--follow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2/2" in done.stdout and "rank" in done.stdout, done.stdout
+    sweep_id = done.stdout.split()[1]
+    shown = json.loads(run(mlpctl, env, "sweeps", "show", sweep_id, "--json").stdout)
+    assert shown["sweep"]["status"] == "succeeded" and len(shown["trials"]) == 2
+    listed = run(mlpctl, env, "jobs", "list", "--json")
+    trial_jobs = [j for j in json.loads(listed.stdout) if j.get("sweep_id") == sweep_id]
+    assert sorted(j["trial"] for j in trial_jobs) == [0, 1]

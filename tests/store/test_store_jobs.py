@@ -29,7 +29,8 @@ def test_create_and_public_view(db_session, tenant):
     public = JobPublic.from_row(job).model_dump(mode="json")
     assert set(public) == {"id", "name", "status", "spec", "created_at", "started_at",
                            "finished_at", "progress", "attempts", "device",
-                           "parameter_count", "metrics", "error", "artifacts", "findings"}
+                           "parameter_count", "metrics", "error", "artifacts", "findings",
+                           "sweep_id", "trial"}
     assert public["status"] == "queued"
     assert public["name"] == "iris"
     assert public["progress"] == {"epoch": 0, "epochs": 5}

@@ -1,0 +1,69 @@
+"""The worker's part in sweeps (SPEC 9): the early-stopping callback of a trial, and the
+controller's step right after a trial ends (store.sweeps.advance_sweep)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from messaging.sweeps import publish_sweep_hint, trial_sender
+from mlp_engine.sweep_pruning import TrialPruner
+from store.jobs import get_job
+from store.models import TERMINAL, Job, Sweep
+from store.sweeps import advance_sweep, peer_objectives
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .callbacks import JobLedger
+    from .runner import WorkerContext
+
+__all__ = ["trial_pruner", "after_trial"]
+
+log = logging.getLogger(__name__)
+
+
+def trial_pruner(job: Job, *, ctx: WorkerContext, ledger: JobLedger) -> TrialPruner | None:
+    """The TrialPruner of a sweep's trial whose sweep has early stopping, else None.
+
+    At each epoch it decides, it first writes the trial's records (so the epoch's own record
+    exists), then reads the other trials' objective at that epoch from records written
+    before it: the same answer after a restart."""
+    if not job.sweep_id:
+        return None
+    with ctx.session_factory() as session:
+        sweep = session.get(Sweep, job.sweep_id)
+        if sweep is None or not sweep.early_stopping:
+            return None
+        rule, objective = dict(sweep.early_stopping), dict(sweep.objective)
+    sweep_id, job_id, metric = job.sweep_id, job.id, str(objective["metric"])
+
+    def peers(epoch: int) -> list[float | None]:
+        with ctx.session_factory() as session:
+            return peer_objectives(session, sweep_id=sweep_id, job_id=job_id, epoch=epoch,
+                                   metric=metric)
+
+    def write_records(state: Any) -> None:
+        ledger.write(state.history)
+
+    return TrialPruner(rule=str(rule["name"]), metric=metric,
+                       mode="max" if objective.get("mode") == "max" else "min",
+                       grace_epochs=int(rule.get("grace_epochs", 1)),
+                       reduction_factor=int(rule.get("reduction_factor", 3)),
+                       peers=peers, before_decision=write_records)
+
+
+def after_trial(ctx: WorkerContext, job_id: str) -> None:
+    """When `job_id` is a sweep's trial that has ended, advance its sweep (new trials, the
+    best, the end). A failure here is logged: the reconciler advances every unfinished
+    sweep, so nothing is lost."""
+    with ctx.session_factory() as session:
+        job = get_job(session, job_id)
+        if job is None or not job.sweep_id or job.status not in TERMINAL:
+            return
+        sweep_id = job.sweep_id
+        try:
+            advance_sweep(session, sweep_id, enqueue=trial_sender(ctx.sender(), ctx.redis))
+        except Exception as exc:  # the reconciler's next round advances it
+            log.warning("sweep %s: could not advance after trial job %s: %s", sweep_id,
+                        job_id, exc)
+            return
+    publish_sweep_hint(ctx.redis, sweep_id)
