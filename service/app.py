@@ -43,7 +43,7 @@ from .observability import (
 )
 from .ratelimit import AuthFailureThrottle, RateLimiter
 from .reconciler import remove_stale_uploads, run_reconciler
-from .routes import catalog, datasets, docs, health, jobs, plots, webhooks
+from .routes import catalog, dashboard, datasets, docs, health, jobs, plots, sweeps, webhooks
 from .server import release_free_memory
 from .settings import Settings
 from .sse import StreamSlots
@@ -189,6 +189,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, observability=observability)
     app.add_middleware(HeadMiddleware)
     install_access_log_redaction()
-    for module in (health, catalog, jobs, plots, datasets, docs, webhooks):
+    for module in (health, catalog, jobs, plots, datasets, docs, webhooks, dashboard, sweeps):
         app.include_router(module.router)
     return app
