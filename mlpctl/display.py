@@ -23,7 +23,7 @@ from rich.text import Text
 __all__ = ["console", "print_json", "table", "job_rows", "describe_job", "follow_job",
            "metrics_table", "key_values", "age", "score_of"]
 
-console = Console(highlight=False, soft_wrap=False)
+console = Console(highlight=False, soft_wrap=True)  # long messages stay one line
 
 # the metric a person looks at first, per the task's records (the first one present)
 _SCORES = ("val_accuracy", "val_f1_micro", "val_r2", "val_knn_accuracy", "val_pair_accuracy",

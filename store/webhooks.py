@@ -395,6 +395,7 @@ def job_data(job: Job) -> dict[str, Any]:
         "progress": {"epoch": job.epoch, "epochs": job.epochs}, "attempts": job.attempts,
         "device": job.device, "parameter_count": job.parameter_count, "metrics": metrics,
         "error": error, "artifacts": artifacts, "findings": list(job.findings or []),
+        "sweep_id": job.sweep_id, "trial": job.trial,
     }
 
 

@@ -69,7 +69,9 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"],
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {**_E, "description": "no such sweep for this API key"}}
 _INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"model": ValidationErrorBody, "description": "`message` names the path or value"}}
+    422: {"model": ValidationErrorBody, "description": "`message` names the path or value"},
+    400: {**_E, "description": "a body that is not UTF-8 JSON"},
+    413: {**_E, "description": "a body over MLP_MAX_REQUEST_BYTES"}}
 
 
 def sweep_of_tenant(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Sweep:

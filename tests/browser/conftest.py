@@ -48,8 +48,10 @@ def account(stack: Stack) -> Iterator[Tenant]:
         yield Tenant(name, key, client)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module: Playwright's sync API runs an event loop in this thread
+    while it is open, which later tests' asyncio.run() cannot share."""
     executable = chromium_path()
     if executable is None:
         reason = ("Debian's chromium is not installed (apt-get install chromium; .ci/run "

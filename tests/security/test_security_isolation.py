@@ -29,9 +29,11 @@ def operations(api: Stack) -> list[tuple[str, str, dict[str, Any]]]:
             for method, op in ops.items()]
 
 
-def fill(path: str, job_id: str, dataset_id: str, webhook_id: str) -> str:
-    return (path.replace("{job_id}", job_id).replace("{dataset_id}", dataset_id)
-            .replace("{webhook_id}", webhook_id)
+def fill(path: str, job_id: str, owner: dict[str, Any]) -> str:
+    """A route's path with the owner's objects (this job, and its dataset, webhook and
+    sweep)."""
+    return (path.replace("{job_id}", job_id).replace("{dataset_id}", owner["dataset"])
+            .replace("{webhook_id}", owner["webhook"]).replace("{sweep_id}", owner["sweep"])
             .replace("{name}", "loss").replace("{format}", "svg"))
 
 
@@ -61,8 +63,13 @@ def owner(api: Stack, trained: dict) -> dict[str, Any]:
         hook = client.post("/v1/webhooks", json={"url": "https://93.184.215.14/owner-secret",
                                                  "events": ["job.succeeded"]})
         assert hook.status_code == 201, hook.text
+        sweep = client.post("/v1/sweeps", json={
+            "name": "owner-secret-sweep", "base": tiny_spec("owner-secret-trial", epochs=1),
+            "space": {"optimizer.lr": {"choice": [0.01]}}, "strategy": "grid",
+            "objective": {"metric": "train_loss", "mode": "min"}})
+        assert sweep.status_code == 201, sweep.text
     return {"key": key, "job": job_id, "queued": queued, "dataset": ds["id"],
-            "sha256": ds["sha256"], "webhook": hook.json()["id"]}
+            "sha256": ds["sha256"], "webhook": hook.json()["id"], "sweep": sweep.json()["id"]}
 
 
 # --------------------------------------------------------------------------- tenants
@@ -76,7 +83,7 @@ def test_another_tenants_objects_are_404_on_every_route(api: Stack, owner: dict[
     with api.http(other_key) as intruder, api.http(owner["key"]) as own:
         for method, path in ops:
             for job in (owner["job"], owner["queued"]):
-                url = fill(path, job, owner["dataset"], owner["webhook"])
+                url = fill(path, job, owner)
                 r = intruder.request(method, url, **request_for(method, path))
                 assert r.status_code == 404, (method, url, r.status_code, r.text[:300])
                 for secret in ("owner-secret", owner["sha256"], "done-"):
@@ -86,7 +93,7 @@ def test_another_tenants_objects_are_404_on_every_route(api: Stack, owner: dict[
         # nothing the intruder did changed anything, and the owner still reaches it all
         for method, path in ops:
             if method in ("GET",) and not path.endswith("/events"):
-                url = fill(path, owner["job"], owner["dataset"], owner["webhook"])
+                url = fill(path, owner["job"], owner)
                 assert own.get(url).status_code == 200, url
         assert own.get(f"/v1/jobs/{owner['queued']}").json()["status"] == "queued"
     assert covered == set(ops)
@@ -129,7 +136,7 @@ def test_every_v1_route_needs_a_valid_key(api: Stack, owner: dict[str, Any]) -> 
     assert len(ops) >= 15
     with api.http() as anon:
         for method, path in ops:
-            url = fill(path, owner["job"], owner["dataset"], owner["webhook"])
+            url = fill(path, owner["job"], owner)
             for header in BAD_AUTH:
                 headers = {} if header is None else {"Authorization": header}
                 r = anon.request(method, url, headers=headers, **request_for(method, path))
