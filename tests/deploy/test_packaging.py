@@ -238,6 +238,8 @@ class Venv:
                               timeout=timeout, cwd=self.root)
 
     def pip(self, *args: str) -> None:
+        if args[0] == "install":  # no bytecode for torch's thousands of files: time, not meaning
+            args = ("install", "--no-compile", *args[1:])
         done = self.run(self.bin("pip"), *args)
         assert done.returncode == 0, f"pip {args}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
 
