@@ -173,35 +173,7 @@ class Client:
     def events(self, job_id: str, *, timeout: float | None = None
                ) -> Iterator[tuple[str, Any]]:
         """The job's Server-Sent Events as (event, data) pairs, until the `end` event."""
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
-                               timeout=httpx.Timeout(timeout, connect=10.0)) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise APIError(response.status_code, _message(response.json(), "error"))
-            event, data = "message", list[str]()
-            for line in response.iter_lines():
-                if not line:
-                    if data:
-                        text = "\n".join(data)
-                        try:
-                            payload: Any = json.loads(text)
-                        except ValueError:
-                            payload = text
-                        yield event, payload
-                        if event == "end":
-                            return
-                    event, data = "message", []
-                elif line.startswith(":"):
-                    continue
-                else:
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
-            if event == "end":
-                yield event, None
+        yield from self._sse(f"/v1/jobs/{job_id}/events", timeout=timeout)
 
     def metrics(self, job_id: str, *, since: int | None = None) -> dict[str, Any]:
         params = {"since": since} if since is not None else None
@@ -349,6 +321,8 @@ class Client:
                         event = value
                     elif name == "data":
                         data.append(value)
+            if event == "end":  # an `end` event without data, cut short
+                yield event, None
 
     # -- webhooks
 
