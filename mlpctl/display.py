@@ -152,14 +152,13 @@ class _Follow:
         self.seconds: list[float] = []
         self.detail = ""  # the last epoch's numbers
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.description}"), BarColumn(bar_width=20), TaskProgressColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=False)
         self.task = self.progress.add_task(self._label(), total=self.epochs or None,
                                            status="queued")
 
     def _label(self) -> str:
-        name = self.job.get("name")
-        return f"{self.job['id']}" + (f" ({name})" if name else "")
+        return str(self.job.get("name") or self.job["id"])  # the id is on the line above
 
     def on_status(self, job: dict[str, Any]) -> None:
         self.job = job
