@@ -14,6 +14,7 @@ Layer names follow the weights file: `hidden.<i>.0` is the i-th hidden Linear la
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import DatasetInfo, JobSpec
 
 __all__ = ["Finding", "RuleSettings", "finding_key", "static_findings", "metric_findings",
-           "diagnostic_findings", "start_findings", "class_count_findings",
+           "diagnostic_findings", "start_findings", "MetricTrend", "class_count_findings",
            "missing_class_findings", "diverged_finding", "linear_layer_name",
            "hidden_block_name", "sampled_epoch"]
 
@@ -322,48 +323,109 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def metric_findings(rules: RuleSettings, history: Sequence[dict[str, Any]], *,
-                    lr: float | None = None) -> list[Finding]:
-    """The metrics rules on the records so far (the last one is the epoch just ended)."""
-    if not history:
-        return []
-    out: list[Finding] = []
-    epoch = int(history[-1]["epoch"])
-    losses = [float(r["train_loss"]) for r in history if _finite(r.get("train_loss"))]
+class MetricTrend:
+    """What the metrics rules need of the records so far, kept up to date one record at a
+    time (constant work per epoch, however long the run): the first and lowest train
+    losses, the last `window` of them and the lowest before those, and the record with the
+    lowest val_loss."""
 
-    if rules.on("diverging") and len(losses) >= 2:
-        factor = rules["diverging"]["factor"]
-        low = min(losses[:-1])
-        if low > 0 and losses[-1] > factor * low:
-            out.append(make_finding(
-                "diverging", epoch=epoch,
-                message=f"train_loss grew from {_g(low)} to {_g(losses[-1])} "
-                        f"({_g(losses[-1] / low)}x): training is diverging; lower the "
-                        f"learning rate (or clip gradients)",
-                evidence={"train_loss": losses[-1], "lowest_train_loss": low,
-                          "growth": losses[-1] / low},
-                suggestion={"optimizer.lr": float(f"{lr / 10:.1g}")} if lr else None))
+    def __init__(self, rules: RuleSettings) -> None:
+        self.window = (rules["loss_not_decreasing"]["window"]
+                       if rules.on("loss_not_decreasing") else 1)
+        self.first_loss: float | None = None
+        self.lowest: float | None = None  # of every train loss so far
+        self.lowest_before_last: float | None = None
+        self.last_loss: float | None = None
+        self.losses = 0
+        self.recent: deque[float] = deque(maxlen=self.window)
+        self.best_before_recent: float | None = None
+        self.vals = 0  # records with a finite val_loss and train_loss
+        self.best: tuple[int, float, float, dict[str, Any]] | None = None  # lowest val_loss
+        self.now: tuple[int, float, float, dict[str, Any]] | None = None
 
-    if rules.on("loss_not_decreasing"):
-        p = rules["loss_not_decreasing"]
-        window = p["window"]
-        if len(losses) > window:
-            before, recent = losses[:-window], losses[-window:]
-            best_before = min(before)
-            floor = 1e-3 * losses[0]
-            if best_before > floor and min(recent) > (1 - p["min_improvement"]) * best_before:
+    def add(self, record: dict[str, Any]) -> None:
+        if _finite(record.get("train_loss")):
+            loss = float(record["train_loss"])
+            if self.first_loss is None:
+                self.first_loss = loss
+            self.lowest_before_last = self.lowest
+            self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+            if len(self.recent) == self.window:
+                dropped = self.recent[0]
+                self.best_before_recent = (dropped if self.best_before_recent is None
+                                           else min(self.best_before_recent, dropped))
+            self.recent.append(loss)
+            self.last_loss = loss
+            self.losses += 1
+            if _finite(record.get("val_loss")):
+                entry = (int(record["epoch"]), float(record["val_loss"]), loss, record)
+                self.vals += 1
+                if self.best is None or entry[1] < self.best[1]:
+                    self.best = entry
+                self.now = entry
+
+    def findings(self, rules: RuleSettings, epoch: int, *,
+                 lr: float | None = None) -> list[Finding]:
+        """The metrics rules after the record of `epoch`."""
+        out: list[Finding] = []
+        if rules.on("diverging") and self.losses >= 2:
+            assert self.lowest_before_last is not None and self.last_loss is not None
+            low, last = self.lowest_before_last, self.last_loss
+            if low > 0 and last > rules["diverging"]["factor"] * low:
                 out.append(make_finding(
-                    "loss_not_decreasing", epoch=epoch,
-                    message=f"train_loss has not improved on {_g(best_before)} for {window} "
-                            f"epochs (best since: {_g(min(recent))}); try a larger learning "
-                            f"rate, a variance-preserving init or another activation",
-                    evidence={"window": window, "best_before": best_before,
-                              "best_in_window": min(recent), "first_train_loss": losses[0]},
-                    suggestion=None))
+                    "diverging", epoch=epoch,
+                    message=f"train_loss grew from {_g(low)} to {_g(last)} "
+                            f"({_g(last / low)}x): training is diverging; lower the "
+                            f"learning rate (or clip gradients)",
+                    evidence={"train_loss": last, "lowest_train_loss": low,
+                              "growth": last / low},
+                    suggestion={"optimizer.lr": float(f"{lr / 10:.1g}")} if lr else None))
+        if rules.on("loss_not_decreasing") and self.losses > self.window:
+            p = rules["loss_not_decreasing"]
+            best_before, first = self.best_before_recent, self.first_loss
+            assert best_before is not None and first is not None
+            if best_before > 1e-3 * first:
+                best_recent = min(self.recent)
+                if best_recent > (1 - p["min_improvement"]) * best_before:
+                    out.append(make_finding(
+                        "loss_not_decreasing", epoch=epoch,
+                        message=f"train_loss has not improved on {_g(best_before)} for "
+                                f"{self.window} epochs (best since: {_g(best_recent)}); try a "
+                                f"larger learning rate, a variance-preserving init or another "
+                                f"activation",
+                        evidence={"window": self.window, "best_before": best_before,
+                                  "best_in_window": best_recent, "first_train_loss": first},
+                        suggestion=None))
+        if rules.on("overfitting"):
+            out += self._overfitting(rules["overfitting"], epoch)
+        return out
 
-    if rules.on("overfitting"):
-        out += _overfitting(rules["overfitting"], history, epoch)
-    return out
+    def _overfitting(self, p: dict[str, Any], epoch: int) -> list[Finding]:
+        if self.vals <= p["window"] or self.best is None or self.now is None:
+            return []
+        best_epoch, best_val, train_at_best, best_record = self.best
+        now_epoch, now_val, train_now, now_record = self.now
+        score = next((k for k in _SCORES if _finite(now_record.get(k))
+                      and _finite(best_record.get(k))), None)
+        worse_score = score is None or now_record[score] < best_record[score]
+        if not (now_epoch - best_epoch >= p["window"] and best_val > 0
+                and now_val > (1 + p["tolerance"]) * best_val
+                and train_now < train_at_best and worse_score):
+            return []
+        evidence: dict[str, Any] = {"best_val_loss": best_val, "best_epoch": best_epoch,
+                                    "val_loss": now_val, "train_loss_at_best": train_at_best,
+                                    "train_loss": train_now}
+        if score is not None:
+            evidence[f"{score}_at_best"] = best_record[score]
+            evidence[score] = now_record[score]
+        return [make_finding(
+            "overfitting", epoch=epoch,
+            message=f"val_loss rose from {_g(best_val)} (epoch {best_epoch}) to {_g(now_val)} "
+                    f"while train_loss fell from {_g(train_at_best)} to {_g(train_now)}: the "
+                    f"network is overfitting; add L2 regularisation or dropout, or stop early",
+            evidence=evidence,
+            suggestion={"regularization.l2": 1e-4,
+                        "training.early_stopping": {"patience": p["window"]}})]
 
 
 # the validation scores that must also worsen before overfitting is called (the loss alone
@@ -371,34 +433,16 @@ def metric_findings(rules: RuleSettings, history: Sequence[dict[str, Any]], *,
 _SCORES = ("val_accuracy", "val_f1_micro", "val_knn_accuracy", "val_pair_accuracy")
 
 
-def _overfitting(p: dict[str, Any], history: Sequence[dict[str, Any]],
-                 epoch: int) -> list[Finding]:
-    vals = [(int(r["epoch"]), float(r["val_loss"]), float(r["train_loss"]), r)
-            for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
-    if len(vals) <= p["window"]:
+def metric_findings(rules: RuleSettings, history: Sequence[dict[str, Any]], *,
+                    lr: float | None = None) -> list[Finding]:
+    """The metrics rules on the records so far (the last one is the epoch just ended); a
+    run keeps a `MetricTrend` instead of passing its whole history every epoch."""
+    if not history:
         return []
-    best_epoch, best_val, train_at_best, best_record = min(vals, key=lambda v: v[1])
-    now_epoch, now_val, train_now, now_record = vals[-1]
-    score = next((k for k in _SCORES if _finite(now_record.get(k))
-                  and _finite(best_record.get(k))), None)
-    worse_score = score is None or now_record[score] < best_record[score]
-    if not (now_epoch - best_epoch >= p["window"] and best_val > 0
-            and now_val > (1 + p["tolerance"]) * best_val
-            and train_now < train_at_best and worse_score):
-        return []
-    evidence: dict[str, Any] = {"best_val_loss": best_val, "best_epoch": best_epoch,
-                                "val_loss": now_val, "train_loss_at_best": train_at_best,
-                                "train_loss": train_now}
-    if score is not None:
-        evidence[f"{score}_at_best"], evidence[score] = best_record[score], now_record[score]
-    return [make_finding(
-        "overfitting", epoch=epoch,
-        message=f"val_loss rose from {_g(best_val)} (epoch {best_epoch}) to {_g(now_val)} "
-                f"while train_loss fell from {_g(train_at_best)} to {_g(train_now)}: the "
-                f"network is overfitting; add L2 regularisation or dropout, or stop early",
-        evidence=evidence,
-        suggestion={"regularization.l2": 1e-4,
-                    "training.early_stopping": {"patience": p["window"]}})]
+    trend = MetricTrend(rules)
+    for record in history:
+        trend.add(record)
+    return trend.findings(rules, int(history[-1]["epoch"]), lr=lr)
 
 
 def diverged_finding(rules: RuleSettings, epoch: int, history: Sequence[dict[str, Any]], *,

@@ -27,12 +27,12 @@ from .callbacks import Callback, TrainState
 from .errors import DivergedError
 from .findings import (
     Finding,
+    MetricTrend,
     RuleSettings,
     class_count_findings,
     diagnostic_findings,
     diverged_finding,
     finding_key,
-    metric_findings,
     missing_class_findings,
     sampled_epoch,
     start_findings,
@@ -54,6 +54,7 @@ class RuleMonitor(Callback):
         self._keys = {finding_key(f) for f in known}
         self._known_stops = [f for f in known]
         self.rules: RuleSettings | None = None
+        self.trend: MetricTrend | None = None
         self.stopped_by: Finding | None = None
         self._extra: set[str] = set()
 
@@ -65,6 +66,9 @@ class RuleMonitor(Callback):
 
     def on_train_begin(self, state: TrainState) -> None:
         self.rules = RuleSettings.of(state.spec)
+        self.trend = MetricTrend(self.rules)
+        for earlier in state.history:  # a resumed run's epochs
+            self.trend.add(earlier)
         for f in self._known_stops:  # static findings the job was stored with
             self._maybe_stop(state, f)
         if state.epoch == 0 and state.data is not None:
@@ -81,9 +85,10 @@ class RuleMonitor(Callback):
         return needed
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        assert self.rules is not None
+        assert self.rules is not None and self.trend is not None
         lr = record.get("lr")
-        found = metric_findings(self.rules, state.history, lr=lr)
+        self.trend.add(record)
+        found = self.trend.findings(self.rules, int(record["epoch"]), lr=lr)
         if sampled_epoch(int(record["epoch"])):
             found += diagnostic_findings(self.rules, record,
                                          activation=state.spec.model.activation.name, lr=lr)
