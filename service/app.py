@@ -191,4 +191,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_access_log_redaction()
     for module in (health, catalog, jobs, plots, datasets, docs, webhooks, dashboard, sweeps):
         app.include_router(module.router)
+    app.include_router(plots.sweep_router)
     return app

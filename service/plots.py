@@ -37,6 +37,12 @@ __all__ = [
     "available",
     "plot_etag",
     "render",
+    "figure_bytes",
+    "epoch_axis",
+    "scale_y",
+    "axis_label",
+    "no_epochs",
+    "DRAWING_VERSION",
 ]
 
 PlotFormat = Literal["svg", "png"]
@@ -45,7 +51,7 @@ DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 500
 MIN_PIXELS, MAX_PIXELS = 200, 3000  # each of width and height
 _DPI = 100
 # drawn into the ETag: a new drawing of the same records must not match an old picture
-_DRAWING_VERSION = "1"
+DRAWING_VERSION = "1"
 _LOG_DECADES = 2.0  # a y axis whose positive values span more than this is drawn log-scaled
 _MAX_FINDING_LABELS = 12  # epochs whose findings get a text label (all get a line)
 
@@ -128,7 +134,7 @@ def _spans_decades(values: Sequence[float]) -> bool:
             and math.log10(max(positive) / min(positive)) > _LOG_DECADES)
 
 
-def _epoch_axis(ax: Axes) -> None:
+def epoch_axis(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
@@ -136,7 +142,7 @@ def _epoch_axis(ax: Axes) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _no_epochs(ax: Axes) -> None:
+def no_epochs(ax: Axes) -> None:
     ax.text(0.5, 0.5, "no epochs yet", transform=ax.transAxes, ha="center", va="center",
             fontsize=14, color="0.4")
     ax.set_xlim(0, 1)
@@ -155,7 +161,7 @@ def _lines(ax: Axes, data: PlotInput, fields: Sequence[tuple[str, str]]) -> list
     return drawn
 
 
-def _scale(ax: Axes, values: Sequence[float]) -> str:
+def scale_y(ax: Axes, values: Sequence[float]) -> str:
     """Log-scale the y axis when the values span more than two decades; the scale's name."""
     if _spans_decades(values):
         ax.set_yscale("log")
@@ -200,7 +206,7 @@ def _loss_unit(spec: Mapping[str, Any]) -> list[str]:
     return parts
 
 
-def _ylabel(what: str, parts: Sequence[str]) -> str:
+def axis_label(what: str, parts: Sequence[str]) -> str:
     parts = [p for p in parts if p]
     return f"{what} ({', '.join(parts)})" if parts else what
 
@@ -208,13 +214,13 @@ def _ylabel(what: str, parts: Sequence[str]) -> str:
 def _draw_loss(fig: Figure, data: PlotInput) -> None:
     ax = fig.add_subplot()
     _title(fig, data, "Loss")
-    _epoch_axis(ax)
+    epoch_axis(ax)
     values = _lines(ax, data, [("train_loss", "train"), ("val_loss", "validation"),
                                ("train_objective", "train objective (loss + penalty)")])
-    scale = _scale(ax, values)
-    ax.set_ylabel(_ylabel("loss", [*_loss_unit(data.spec), scale]))
+    scale = scale_y(ax, values)
+    ax.set_ylabel(axis_label("loss", [*_loss_unit(data.spec), scale]))
     if not values:
-        _no_epochs(ax)
+        no_epochs(ax)
     _findings(ax, data.findings)
     if values:
         ax.legend(loc="best")
@@ -223,12 +229,12 @@ def _draw_loss(fig: Figure, data: PlotInput) -> None:
 def _draw_lr(fig: Figure, data: PlotInput) -> None:
     ax = fig.add_subplot()
     _title(fig, data, "Learning rate")
-    _epoch_axis(ax)
+    epoch_axis(ax)
     values = _lines(ax, data, [("lr", "learning rate")])
-    scale = _scale(ax, values)
-    ax.set_ylabel(_ylabel("learning rate", [scale]))
+    scale = scale_y(ax, values)
+    ax.set_ylabel(axis_label("learning rate", [scale]))
     if not values:
-        _no_epochs(ax)
+        no_epochs(ax)
 
 
 def _metric_plot(metric: Metric) -> Plot:
@@ -241,10 +247,10 @@ def _metric_plot(metric: Metric) -> Plot:
     def draw(fig: Figure, data: PlotInput) -> None:
         ax = fig.add_subplot()
         _title(fig, data, label.capitalize())
-        _epoch_axis(ax)
+        epoch_axis(ax)
         values = _lines(ax, data, [(f"train_{short}", "train"), (metric.name, "validation")])
-        scale = _scale(ax, values)
-        ax.set_ylabel(_ylabel(label, [metric.unit, scale]))
+        scale = scale_y(ax, values)
+        ax.set_ylabel(axis_label(label, [metric.unit, scale]))
         if better:
             ax.set_title(better, fontsize=9, color="0.35")
         if values:
@@ -294,7 +300,7 @@ def _draw_gradient_norms(fig: Figure, data: PlotInput) -> None:
         label += " (log scale)"
     _heatmap(fig, ax, epochs, matrix, names=_layer_names(matrix.shape[0], output=True),
              label=label, cmap="viridis", norm=norm)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.grid(False)
 
 
@@ -331,7 +337,7 @@ def _draw_activations(fig: Figure, data: PlotInput) -> None:
                  label=metric.unit if metric is not None else "", cmap=cmap, **kwargs)
         ax.set_title(what, fontsize=9)
         ax.grid(False)
-    _epoch_axis(axes[-1])
+    epoch_axis(axes[-1])
     axes[-1].grid(False)
 
 
@@ -358,7 +364,7 @@ def _segment_bounds(spec: Mapping[str, Any]) -> list[tuple[str, int]]:
 def _draw_linear_regions(fig: Figure, data: PlotInput) -> None:
     ax = fig.add_subplot()
     _title(fig, data, "Linear pieces along segments")
-    _epoch_axis(ax)
+    epoch_axis(ax)
     values = _lines(ax, data, [("linear_pieces_per_segment", "mean pieces per segment"),
                                ("linear_pieces_max", "most pieces on a segment")])
     epochs = [int(r["epoch"]) for r in data.records]
@@ -368,8 +374,8 @@ def _draw_linear_regions(fig: Figure, data: PlotInput) -> None:
         ax.hlines(float(bound), min(epochs), max(epochs), colors="0.3", linestyles=style,
                   label=f"{label}: {bound:,}")
         values.append(float(bound))
-    scale = _scale(ax, values)
-    ax.set_ylabel(_ylabel(METRICS["linear_pieces_per_segment"].unit, [scale]))
+    scale = scale_y(ax, values)
+    ax.set_ylabel(axis_label(METRICS["linear_pieces_per_segment"].unit, [scale]))
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
 
 
@@ -416,7 +422,7 @@ def plot_etag(name: str, fmt: PlotFormat, data: PlotInput, *, width: int, height
     """A strong ETag of the picture, from everything it is drawn from (no drawing needed)."""
     digest = hashlib.sha256()
     digest.update(json.dumps(
-        [_DRAWING_VERSION, name, fmt, width, height, data.job_title, data.spec,
+        [DRAWING_VERSION, name, fmt, width, height, data.job_title, data.spec,
          [{"epoch": f.get("epoch"), "rule": f.get("rule")} for f in data.findings]],
         sort_keys=True, default=str).encode())
     for record in data.records:
@@ -448,11 +454,18 @@ def render(name: str, fmt: PlotFormat, data: PlotInput, *, width: int = DEFAULT_
     """The plot `name` of `data` as SVG or PNG bytes, `width` × `height` pixels (the SVG's
     size at 100 dpi). KeyError for a name not in PLOTS."""
     plot = PLOTS[name]
+    return figure_bytes(lambda fig: plot.draw(fig, data), fmt, width=width, height=height)
+
+
+def figure_bytes(draw: Callable[[Figure], None], fmt: PlotFormat, *, width: int,
+                 height: int) -> bytes:
+    """What `draw` puts on a fresh figure of `width` × `height` pixels, as SVG or PNG bytes
+    (byte-stable: no date, no software name)."""
     _matplotlib_ready()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, layout="constrained")
-    plot.draw(fig, data)
+    draw(fig)
     out = io.BytesIO()
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
     fig.savefig(out, format=fmt, dpi=_DPI, metadata=metadata)

@@ -72,6 +72,7 @@ __all__ = [
     "extend_sweep",
     "delete_sweep",
     "peer_objectives",
+    "objective_curves",
 ]
 
 log = logging.getLogger(__name__)
@@ -482,3 +483,32 @@ def peer_objectives(session: Session, *, sweep_id: str, job_id: str, epoch: int,
 def trial_count(session: Session, sweep_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Job)
                           .where(Job.sweep_id == sweep_id)) or 0
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def objective_curves(session: Session, job_ids: Sequence[str], metric: str, *,
+                     max_points: int = 200_000) -> dict[str, list[tuple[int, float]]]:
+    """Each trial's `metric` per epoch, as (epoch, value) in epoch order (non-finite and
+    missing values left out). When the trials have more epochs than `max_points` in all,
+    every k-th epoch is read (and each trial's last), so a picture of a huge sweep reads a
+    bounded number of rows."""
+    if not job_ids:
+        return {}
+    total = session.scalar(select(func.count()).select_from(JobMetric)
+                           .where(JobMetric.job_id.in_(job_ids))) or 0
+    stride = max(1, math.ceil(total / max(1, max_points)))
+    q = select(JobMetric.job_id, JobMetric.epoch, JobMetric.record).where(
+        JobMetric.job_id.in_(job_ids))
+    if stride > 1:
+        q = q.join(Job, Job.id == JobMetric.job_id).where(
+            (JobMetric.epoch % stride == 0) | (JobMetric.epoch == Job.epoch))
+    curves: dict[str, list[tuple[int, float]]] = {job_id: [] for job_id in job_ids}
+    for job_id, epoch, record in session.execute(q.order_by(JobMetric.job_id,
+                                                            JobMetric.epoch)):
+        value = (record or {}).get(metric)
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            curves[job_id].append((int(epoch), float(value)))
+    return curves

@@ -1,17 +1,20 @@
-"""A job's pictures: `GET /v1/jobs/{id}/plots/{name}.svg|png`, drawn from its epoch records by
-service.plots, a few at a time per process, and cached by ETag."""
+"""Pictures: a job's (`GET /v1/jobs/{id}/plots/{name}.svg|png`, drawn from its epoch records
+by service.plots) and a sweep's (`GET /v1/sweeps/{id}/plots/{name}.svg|png`, from its trials
+by service.sweep_plots); a few drawn at a time per process, and cached by ETag."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from store.jobs import get_metrics
 from store.models import TERMINAL
+from store.status import SWEEP_TERMINAL
+from store.sweeps import leaderboard, objective_curves, trial_objective, trials_of
 
 from ..busy import BusyGate
 from ..deps import JobDep, SessionDep
@@ -29,14 +32,19 @@ from ..plots import (
     render,
 )
 from ..schemas import ErrorBody, ValidationErrorBody
+from ..sweep_plots import SWEEP_PLOTS, SweepPlotInput, TrialLine, render_sweep, sweep_plot_etag
 from .jobs import _etag_matches  # one reading of If-None-Match for every download
+from .sweeps import SweepDep
 
-__all__ = ["router"]
+__all__ = ["router", "sweep_router"]
 
 _E: dict[str, Any] = {"model": ErrorBody}
 router = APIRouter(prefix="/v1/jobs", tags=["plots"],
                    responses={401: {**_E, "description": "no valid API key"},
                               429: {**_E, "description": "rate limit"}})
+sweep_router = APIRouter(prefix="/v1/sweeps", tags=["plots"],
+                         responses={401: {**_E, "description": "no valid API key"},
+                                    429: {**_E, "description": "rate limit"}})
 
 # drawing is CPU work: two at a time per process, and a request beyond them is answered 503
 # with Retry-After at once rather than holding a request thread
@@ -144,6 +152,14 @@ def job_plot(job: JobDep, session: SessionDep,
         raise NotFound(f"job {job_id} has no plot '{name}'{hint}; its plots are "
                        f"{', '.join(names)} (as .svg or .png)")
     etag = plot_etag(name, format, data, width=width, height=height)
+    return _picture(etag, format, finished=finished, if_none_match=if_none_match,
+                    draw=lambda: render(name, format, data, width=width, height=height))
+
+
+def _picture(etag: str, format: str, *, finished: bool, if_none_match: str | None,
+             draw: Callable[[], bytes]) -> Response:
+    """The picture's response: 304 when If-None-Match names it, else from the cache or drawn
+    (in one of the process's render slots)."""
     headers = {"ETag": etag,
                "Cache-Control": f"private, max-age={_FINISHED_MAX_AGE_S}" if finished
                else "no-cache"}
@@ -152,9 +168,64 @@ def job_plot(job: JobDep, session: SessionDep,
     body = _CACHE.get(etag)
     if body is None:
         with _RENDERS.hold():
-            body = render(name, format, data, width=width, height=height)
+            body = draw()
         _CACHE.put(etag, body)
     headers["X-Content-Type-Options"] = "nosniff"
     if format == "svg":  # opened on its own, an SVG is a document: it may run nothing
         headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
     return Response(body, media_type=MEDIA_TYPES[format], headers=headers)
+
+
+_SWEEP_PLOT_LIST = ", ".join(f"`{name}` ({plot.doc})" for name, plot in SWEEP_PLOTS.items())
+
+
+@sweep_router.get(
+    "/{sweep_id}/plots/{name}.{format}", response_class=Response,
+    operation_id="getSweepPlot",
+    summary="a plot of the sweep's trials, as SVG or PNG",
+    description="A picture of the sweep's trials, drawn on request: " + _SWEEP_PLOT_LIST
+                + ". A running sweep's plot shows its trials so far; any other name answers "
+                  "404 listing the plots.",
+    responses={
+        200: {"content": {media: {"schema": {"type": "string", "format": "binary"}}
+                          for media in MEDIA_TYPES.values()},
+              "description": "the picture; `ETag` names its content, and a finished "
+                             "sweep's pictures may be cached (`Cache-Control`)"},
+        304: {"description": "If-None-Match matched the ETag"},
+        404: {**_E, "description": "no such sweep for this API key, or no such plot (the "
+                                   "message lists the plots)"},
+        422: {"model": ValidationErrorBody,
+              "description": "a format other than svg or png, or width/height out of range "
+                             "(`message` names the parameter)"},
+        503: {**_E, "description": "other plots are being drawn in this process "
+                                   "(Retry-After)"},
+    })
+def sweep_plot(sweep: SweepDep, session: SessionDep,
+               name: Annotated[str, Path(max_length=100, description="objective or parallel")],
+               format: Annotated[Literal["svg", "png"], Path(description="svg or png")],
+               width: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
+                                           description="in pixels (the SVG's size at 100 dpi)")
+                                ] = DEFAULT_WIDTH,
+               height: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
+                                            description="in pixels")] = DEFAULT_HEIGHT,
+               if_none_match: Annotated[str | None, Header(max_length=1000)] = None
+               ) -> Response:
+    if name not in SWEEP_PLOTS:
+        raise NotFound(f"sweep {sweep.id} has no plot '{name}'; its plots are "
+                       f"{', '.join(SWEEP_PLOTS)} (as .svg or .png)")
+    metric = str(sweep.objective.get("metric"))
+    ranked = leaderboard(sweep, trials_of(session, sweep.id))
+    curves = objective_curves(session, [j.id for j in ranked], metric) if name == "objective" \
+        else {}
+    data = SweepPlotInput(
+        title=sweep.name or sweep.id, metric=metric,
+        mode="max" if sweep.objective.get("mode") == "max" else "min",
+        space=dict(sweep.space or {}),
+        trials=[TrialLine(trial=j.trial or 0, status=j.status, values=j.trial_values or {},
+                          objective=trial_objective(j, sweep), curve=curves.get(j.id, ()))
+                for j in ranked])
+    finished = sweep.status in SWEEP_TERMINAL and all(j.status in TERMINAL for j in ranked)
+    session.close()  # give the connection back before drawing
+    etag = sweep_plot_etag(name, format, data, width=width, height=height)
+    return _picture(etag, format, finished=finished, if_none_match=if_none_match,
+                    draw=lambda: render_sweep(name, format, data, width=width, height=height))

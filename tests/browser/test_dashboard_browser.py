@@ -259,3 +259,45 @@ def test_a_hostile_job_name_renders_as_text(stack, account, page, watch,
     dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert dark != light
     shoot(page, artifacts_dir, "jobs-dark")
+
+
+def test_a_sweep_page_shows_the_leaderboard_and_its_plots(stack, account, page, watch,
+                                                           artifacts_dir) -> None:
+    sweep = account.client.sweep({
+        "name": XSS_NAME, "base": {"dataset": {"builtin": "iris"},
+                                   "model": {"hidden_dims": [4]},
+                                   "training": {"epochs": 3, "seed": 0}},
+        "space": {"optimizer.lr": {"choice": [0.001, 0.03]}},
+        "strategy": "grid", "max_concurrent": 2,
+        "objective": {"metric": "val_accuracy", "mode": "max"}})
+    sign_in(page, stack.base_url, account.key, "#/sweeps")
+    cell = page.locator(f'tr[data-sweep-id="{sweep["id"]}"] td.name-cell')
+    cell.wait_for()
+    assert cell.inner_text() == XSS_NAME  # the user's text as text
+    cell.locator("a").click()
+    page.locator("#sweep-title").wait_for()
+    assert page.locator("#sweep-title").inner_text() == XSS_NAME
+    # live: the trials end and the leaderboard, the best and the pictures follow
+    page.locator("#sweep-summary").get_by_text("2/2 trials ended").wait_for(timeout=90_000)
+    rows = page.locator("#leaderboard tbody tr")
+    wait_until(lambda: rows.count() == 2, timeout=10, what="both trials in the leaderboard")
+    board = account.client.leaderboard(sweep["id"])
+    assert rows.nth(0).get_attribute("data-trial") == str(board[0]["trial"])
+    assert "optimizer.lr=" in rows.nth(0).inner_text()
+    best = page.locator("#sweep-summary a", has_text="trial")
+    assert best.get_attribute("href") == f"#/jobs/{board[0]['job_id']}"
+    for name in ("objective", "parallel"):
+        img = page.locator(f'#sweep-plots figure[data-plot="{name}"] img')
+        img.wait_for(timeout=20_000)
+        wait_until(lambda img=img: img.evaluate("el => el.complete && el.naturalWidth > 0"),
+                   timeout=10, what=f"the {name} picture to load")
+    shoot(page, artifacts_dir, "sweep")
+    # a trial's page links back to its sweep
+    rows.nth(0).locator("a").click()
+    page.locator("#job-title").wait_for()
+    page.get_by_role("link", name=f"trial {board[0]['trial']} of sweep {sweep['id']}").click()
+    page.locator("#sweep-title").wait_for()
+    page.wait_for_timeout(300)
+    assert page.locator('img[src="x"]').count() == 0
+    assert watch.dialogs == [] and not watch.errors and not watch.csp_violations(), (
+        watch.dialogs, watch.errors, watch.console)

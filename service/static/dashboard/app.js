@@ -1,4 +1,5 @@
-// The dashboard: hash routes (#/jobs, #/jobs/<id>, #/submit, #/datasets), each page
+// The dashboard: hash routes (#/jobs, #/jobs/<id>, #/sweeps, #/sweeps/<id>, #/submit,
+// #/datasets), each page
 // built with DOM calls from API answers. A page's timers and streams stop when it is left.
 
 import {
@@ -29,6 +30,8 @@ function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean)
     .map(decodeURIComponent);
   if (parts[0] === "jobs" && parts[1]) return { name: "job", id: parts[1] };
+  if (parts[0] === "sweeps" && parts[1]) return { name: "sweep", id: parts[1] };
+  if (parts[0] === "sweeps") return { name: "sweeps" };
   if (parts[0] === "submit") return { name: "submit" };
   if (parts[0] === "datasets") return { name: "datasets" };
   return { name: "jobs" };
@@ -53,13 +56,16 @@ async function render() {
   }
   const route = parseRoute();
   for (const link of nav.querySelectorAll("a[data-section]")) {
-    const current = link.dataset.section === (route.name === "job" ? "jobs" : route.name);
+    const section = { job: "jobs", sweep: "sweeps" }[route.name] || route.name;
+    const current = link.dataset.section === section;
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   fill(main);
   try {
     if (route.name === "job") await jobPage(route.id, signal);
+    else if (route.name === "sweeps") await sweepsPage(signal);
+    else if (route.name === "sweep") await sweepPage(route.id, signal);
     else if (route.name === "submit") await submitPage(signal);
     else if (route.name === "datasets") await datasetsPage(signal);
     else await jobsPage(signal);
@@ -254,6 +260,30 @@ async function jobsPage(signal) {
   every(POLL_MS, signal, refresh);
 }
 
+/**
+ * The picture `name` of a job or sweep (`owner` its API path) as a <figure>, an error
+ * paragraph, or null when it has no such plot. <img> cannot send the Bearer header: the
+ * picture is fetched and shown through a blob: URL, revoked when the page is left.
+ */
+async function plotFigure(owner, name, whose, signal) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let got;
+    try {
+      got = await getBlob(`${owner}/plots/${encodeURIComponent(name)}.svg`, { signal });
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 503) { await sleep(1000, signal); continue; }
+      if (err instanceof ApiError && err.status === 404) return null;
+      return signal.aborted ? null : h("p", { class: "error" }, `${name}: ${err.message}`);
+    }
+    const url = URL.createObjectURL(got.blob);
+    signal.addEventListener("abort", () => URL.revokeObjectURL(url), { once: true });
+    return h("figure", { "data-plot": name },
+      h("img", { src: url, alt: `${name.replace(/_/g, " ")} plot of ${whose}`, loading: "lazy" }),
+      h("figcaption", {}, name.replace(/_/g, " ")));
+  }
+  return h("p", { class: "error" }, `${name}: the server is busy drawing; reload to try again`);
+}
+
 // --------------------------------------------------------------------------- one job
 
 function taskMetricKey(records, job) {
@@ -337,6 +367,8 @@ async function jobPage(id, signal) {
       ? h("span", { class: "error" }, `${job.error.type || "error"}: ${job.error.message}`) : undefined;
     fill(summary, facts([
       ["ID", h("code", {}, job.id)],
+      ["Sweep", job.sweep_id ? h("a", { href: `#/sweeps/${encodeURIComponent(job.sweep_id)}` },
+                                 `trial ${job.trial} of sweep ${job.sweep_id}`) : undefined],
       ["Progress", h("span", {}, progressOf(job))],
       ["Best metric", bestMetric(job)],
       ["Device", job.device || "—"],
@@ -398,26 +430,10 @@ async function jobPage(id, signal) {
     const figures = [];
     for (const name of names) {
       if (signal.aborted) return;
-      let got = null;
-      for (let attempt = 0; attempt < 3 && !got; attempt++) {
-        try {
-          got = await getBlob(`${path}/plots/${encodeURIComponent(name)}.svg`, { signal });
-        } catch (err) {
-          if (err instanceof ApiError && err.status === 503) { await sleep(1000, signal); continue; }
-          if (!(err instanceof ApiError && err.status === 404) && !signal.aborted) {
-            figures.push(h("p", { class: "error" }, `${name}: ${err.message}`));
-          }
-          break;
-        }
-      }
-      if (!got) continue;
-      // <img> cannot send the Bearer header: show the fetched picture through a blob: URL
-      const url = URL.createObjectURL(got.blob);
-      signal.addEventListener("abort", () => URL.revokeObjectURL(url), { once: true });
-      figures.push(h("figure", { "data-plot": name },
-        h("img", { src: url, alt: `${name} plot of job ${job.name || job.id}`, loading: "lazy" }),
-        h("figcaption", {}, name.replace(/_/g, " "))));
-      shown.push(name);
+      const figure = await plotFigure(path, name, `job ${job.name || job.id}`, signal);
+      if (!figure) continue;
+      figures.push(figure);
+      if (figure.tagName === "FIGURE") shown.push(name);
     }
     for (const img of plots.querySelectorAll("img")) URL.revokeObjectURL(img.src);
     fill(plots, figures);
@@ -550,6 +566,192 @@ async function jobPage(id, signal) {
         announce(`Job ${data.status}`);
         getJSON(path, { signal }).then((fresh) => { job = fresh; showJob(); finished(); })
           .catch((err) => { if (!signal.aborted) fill(problem, errorBox(err)); });
+      }
+    },
+    onError(err) { if (!signal.aborted) fill(problem, errorBox(err, "live updates")); },
+  });
+}
+
+// --------------------------------------------------------------------------- sweeps
+
+const SWEEP_ACTIVE = new Set(["queued", "running"]);
+
+function sweepProgress(sweep) {
+  const counts = sweep.counts || {};
+  const done = ["succeeded", "failed", "cancelled", "pruned"]
+    .reduce((n, st) => n + (counts[st] || 0), 0);
+  const total = Math.max(1, sweep.trials_total || 0);
+  const label = `${done}/${sweep.trials_total} trials ended`;
+  return [h("progress", { max: String(total), value: String(done), "aria-label": `progress: ${label}` }),
+          h("span", { class: "progress-text" }, label)];
+}
+
+function sweepBest(sweep) {
+  const best = sweep.best;
+  if (!best || !Number.isFinite(best.objective)) return "—";
+  return `${sweep.objective.metric} ${fmtNumber(best.objective)} (trial ${best.trial})`;
+}
+
+function valuesText(values) {
+  return Object.entries(values || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
+}
+
+async function sweepsPage(signal) {
+  setTitle("Sweeps");
+  const tbody = h("tbody");
+  const empty = h("p", { class: "muted", hidden: true },
+    "No sweeps yet. Submit one with POST /v1/sweeps or `mlpctl sweeps submit sweep.yaml`.");
+  const problem = h("div", { "aria-live": "polite" });
+  const updated = h("span", { class: "muted" });
+  fill(main,
+    h("div", { class: "row" }, h("h2", {}, "Sweeps")),
+    problem,
+    h("div", { class: "table-wrap" },
+      h("table", { id: "sweeps-table" },
+        h("caption", { class: "visually-hidden" }, "Your sweeps, newest first, updated live"),
+        h("thead", {}, h("tr", {},
+          h("th", { scope: "col" }, "Name"), h("th", { scope: "col" }, "Status"),
+          h("th", { scope: "col" }, "Trials"), h("th", { scope: "col" }, "Best"),
+          h("th", { scope: "col" }, "Strategy"), h("th", { scope: "col" }, "Age"))),
+        tbody)),
+    empty, h("p", {}, updated));
+
+  async function refresh() {
+    try {
+      const list = await getJSON("v1/sweeps", { query: { limit: 50 }, signal });
+      tbody.replaceChildren(...list.items.map((sw) => h("tr", { "data-sweep-id": sw.id },
+        h("td", { class: "name-cell" },
+          h("a", { href: `#/sweeps/${encodeURIComponent(sw.id)}` }, sw.name || sw.id)),
+        h("td", {}, statusBadge(sw.status)), h("td", {}, sweepProgress(sw)),
+        h("td", {}, sweepBest(sw)), h("td", {}, sw.strategy),
+        h("td", {}, h("time", { datetime: sw.created_at }, fmtAge(sw.created_at))))));
+      empty.hidden = list.items.length > 0;
+      fill(problem);
+      updated.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${POLL_MS / 1000} s.`;
+    } catch (err) {
+      if (!signal.aborted) fill(problem, errorBox(err));
+    }
+  }
+
+  await refresh();
+  every(POLL_MS, signal, refresh);
+}
+
+async function sweepPage(id, signal) {
+  const path = `v1/sweeps/${encodeURIComponent(id)}`;
+  let sweep = await getJSON(path, { signal });
+  const title = h("h2", { id: "sweep-title" });
+  const badge = h("span");
+  const actions = h("div", { class: "row" });
+  const problem = h("div", { "aria-live": "polite" });
+  const summary = h("div", { class: "panel", id: "sweep-summary" });
+  const tbody = h("tbody");
+  const plots = h("div", { class: "plots", id: "sweep-plots" });
+  const plotsNote = h("p", { class: "muted" });
+  const objectiveHead = h("th", { scope: "col", class: "num" });
+  fill(main,
+    h("p", {}, h("a", { href: "#/sweeps" }, "← All sweeps")),
+    h("div", { class: "row" }, title, badge, h("span", { class: "spacer" }), actions),
+    problem, summary,
+    h("h3", {}, "Leaderboard (live)"),
+    h("div", { class: "table-wrap" },
+      h("table", { id: "leaderboard" },
+        h("caption", { class: "visually-hidden" }, "Trials, best first"),
+        h("thead", {}, h("tr", {},
+          h("th", { scope: "col", class: "num" }, "Rank"), h("th", { scope: "col" }, "Trial"),
+          h("th", { scope: "col" }, "Status"), objectiveHead,
+          h("th", { scope: "col" }, "Epochs"), h("th", { scope: "col" }, "Values"))),
+        tbody)),
+    h("h3", {}, "Plots"), plotsNote, plots);
+
+  function showSweep() {
+    title.textContent = sweep.name || sweep.id;
+    setTitle(sweep.name || sweep.id);
+    fill(badge, statusBadge(sweep.status));
+    const { metric, mode } = sweep.objective;
+    objectiveHead.textContent = `${metric} (${mode})`;
+    fill(summary, facts([
+      ["ID", h("code", {}, sweep.id)],
+      ["Trials", h("span", {}, sweepProgress(sweep))],
+      ["Best", sweep.best ? h("a", { href: `#/jobs/${encodeURIComponent(sweep.best.job_id)}` },
+                             sweepBest(sweep)) : "—"],
+      ["Best values", sweep.best ? valuesText(sweep.best.values) : undefined],
+      ["Strategy", `${sweep.strategy}, seed ${sweep.seed}, at most ${sweep.max_concurrent} at once`],
+      ["Early stopping", sweep.early_stopping ? JSON.stringify(sweep.early_stopping) : "none"],
+      ["Created", when(sweep.created_at, true)],
+      ["Finished", when(sweep.finished_at)],
+    ]));
+    fill(actions);
+    if (SWEEP_ACTIVE.has(sweep.status)) {
+      actions.append(h("button", { type: "button", class: "danger", onclick: cancel }, "Cancel sweep"));
+    }
+  }
+
+  async function cancel() {
+    try {
+      sweep = await sendJSON(`${path}/cancel`, undefined, { signal });
+      showSweep();
+      announce(`Sweep ${sweep.status}`);
+    } catch (err) {
+      if (!signal.aborted) fill(problem, errorBox(err));
+    }
+  }
+
+  async function loadBoard() {
+    const board = await getJSON(`${path}/trials`, { signal });
+    tbody.replaceChildren(...board.trials.map((t) => h("tr", { "data-trial": String(t.trial) },
+      h("td", { class: "num" }, String(t.rank)),
+      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(t.job_id)}` }, `trial ${t.trial}`)),
+      h("td", {}, statusBadge(t.status)),
+      h("td", { class: "num" }, Number.isFinite(t.objective) ? fmtNumber(t.objective) : "—"),
+      h("td", {}, `${t.epochs_run ?? 0}/${t.epochs ?? "?"}`),
+      h("td", {}, h("code", {}, valuesText(t.values))))));
+  }
+
+  async function loadPlots() {
+    plotsNote.textContent = "Drawing…";
+    const figures = [];
+    for (const name of ["objective", "parallel"]) {
+      const figure = await plotFigure(path, name, `sweep ${sweep.name || sweep.id}`, signal);
+      if (signal.aborted) return;
+      if (figure) figures.push(figure);
+    }
+    fill(plots, figures);
+    plotsNote.textContent = SWEEP_ACTIVE.has(sweep.status)
+      ? "Pictures of the trials so far; they are drawn again as trials end." : "";
+  }
+
+  async function refresh() {
+    try {
+      sweep = await getJSON(path, { signal });
+      showSweep();
+      await loadBoard();
+      fill(problem);
+    } catch (err) {
+      if (!signal.aborted) fill(problem, errorBox(err));
+    }
+  }
+
+  showSweep();
+  await loadBoard();
+  await loadPlots();
+  if (!SWEEP_ACTIVE.has(sweep.status)) return;
+  // events come in bursts (every trial is replayed on connect): one refresh per burst
+  let pending = null;
+  let pendingPlots = null;
+  const soon = () => { pending = pending || sleep(300, signal).then(() => { pending = null; return refresh(); }); };
+  const plotsSoon = () => { pendingPlots = pendingPlots || sleep(2000, signal).then(() => { pendingPlots = null; return loadPlots(); }); };
+  streamEvents(`${path}/events`, {
+    signal,
+    onEvent(type, data) {
+      if (type === "trial_finished" || type === "trial_pruned" || type === "best") {
+        soon();
+        plotsSoon();
+      } else if (type === "trial_started" || type === "sweep") {
+        soon();
+      } else if (type === "end") {
+        announce(`Sweep ${data.status}`);
+        refresh().then(loadPlots);
       }
     },
     onError(err) { if (!signal.aborted) fill(problem, errorBox(err, "live updates")); },
