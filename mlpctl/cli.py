@@ -218,7 +218,8 @@ def read_spec(path: str) -> dict[str, Any]:
 
 
 def read_rows(value: str) -> list[Any]:
-    """Rows to predict: inline JSON (`[[...]]` or `{"x": [[...]]}`), a JSON file, or `-`."""
+    """Rows to predict: inline JSON (`[[...]]`, `[{"name": value, ...}]` or `{"x": [...]}`),
+    a JSON file, or `-`."""
     text = value if value.lstrip().startswith(("[", "{")) else _read_text(value, "input")
     try:
         data = json.loads(text)
@@ -227,7 +228,8 @@ def read_rows(value: str) -> list[Any]:
                          f"{exc.colno}): {exc.msg}; give [[...], ...] or a file") from None
     rows = data.get("x") if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise SystemExit('mlpctl: give the rows as [[...], ...] or {"x": [[...], ...]}')
+        raise SystemExit('mlpctl: give the rows as [[...], ...], [{"feature": value, ...}, '
+                         '...] or {"x": [...]}')
     return rows
 
 
@@ -524,8 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("job_id")
     j.add_argument("-o", "--output")
     j.add_argument("--format", choices=["safetensors", "pt", "onnx"], default="safetensors")
-    j = jobs.add_parser("predict", help="predict rows: inline JSON ('[[...], ...]'), or a "
-                                        'JSON file of rows or {"x": [[...]]}, or - for stdin')
+    j = jobs.add_parser("predict", help="predict rows: inline JSON ('[[...], ...]' in the "
+                                        "model's feature order, or '[{\"name\": value, ...}]' "
+                                        'by feature name), a JSON file of rows or {"x": [...]}, '
+                                        "or - for stdin")
     j.add_argument("job_id")
     j.add_argument("x", metavar="ROWS")
     for j in jobs.choices.values():

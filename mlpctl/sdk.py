@@ -225,7 +225,10 @@ class Client:
         target.write_bytes(data)
         return target
 
-    def predict(self, job_id: str, x: list[list[Any]]) -> dict[str, Any]:
+    def predict(self, job_id: str, x: list[list[Any]] | list[dict[str, Any]]
+                ) -> dict[str, Any]:
+        """Predictions for rows of raw features: lists in the model's feature order, or dicts
+        keyed by feature name (the dataset's column names)."""
         return self._json("POST", f"/v1/jobs/{job_id}/predict", json={"x": x})
 
     # -- datasets

@@ -4,6 +4,7 @@ creation and validation, defined once in the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -334,13 +335,38 @@ class MemoryEstimatePublic(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    x: list[list[float]] = Field(min_length=1, max_length=MAX_PREDICT_ROWS,
-                                 description="rows of raw (unstandardised) features")
+    x: list[list[float]] | list[dict[str, float]] = Field(
+        min_length=1, max_length=MAX_PREDICT_ROWS,
+        description="rows of raw (unstandardised) features: lists in the model's feature "
+                    "order, or objects keyed by feature name (the model card's "
+                    "`preprocessing.feature_names`, the dataset's column names)")
 
     @model_validator(mode="after")
     def _rectangular(self) -> PredictRequest:
-        check_rectangular(self.x)
+        if isinstance(self.x[0], list):
+            check_rectangular(self.x)  # type: ignore[arg-type]
         return self
+
+    def rows(self, feature_names: Sequence[str]) -> list[list[float]]:
+        """The rows as lists in the model's feature order; ValueError naming the row and
+        the names when an object row lacks a feature or has one the model does not."""
+        if not isinstance(self.x[0], dict):
+            return self.x  # type: ignore[return-value]
+        names = list(feature_names)
+        known = set(names)
+        out = []
+        for i, row in enumerate(self.x):
+            assert isinstance(row, dict)
+            missing = [n for n in names if n not in row]
+            unknown = [k for k in row if k not in known]
+            if missing or unknown:
+                parts = ([f"lacks {', '.join(map(repr, missing[:10]))}"] if missing else []) \
+                    + ([f"has {', '.join(map(repr, unknown[:10]))}, not a feature of the "
+                        f"model"] if unknown else [])
+                raise ValueError(f"x[{i}] {' and '.join(parts)}; the model's features are "
+                                 f"{', '.join(map(repr, names[:50]))}")
+            out.append([float(row[n]) for n in names])
+        return out
 
 
 class PredictResult(BaseModel):

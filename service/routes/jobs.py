@@ -433,23 +433,32 @@ def predict(body: PredictRequest, job: JobDep, services: ServicesDep,
             ] = None) -> PredictResult:
     _require_success(job, "predictions")
     assert job.weights_uri is not None
+    path = str(services.artifacts.local_path(job.weights_uri, sha256=job.weights_sha256))
+    if isinstance(body.x[0], dict):  # rows by feature name: the weights file names them
+        _, metadata = _read_safetensors_header(path)
+        names = (_json_field(metadata, "preprocessing") or {}).get("feature_names") or []
+        try:
+            x = body.rows([str(n) for n in names])
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="x") from None
+    else:
+        x = body.rows(())
     model_spec = job.spec.get("model") or {}
     width = model_spec.get("input_dim")
-    if width is not None and len(body.x[0]) != width:
-        raise InvalidInput(f"x rows have {len(body.x[0])} features but the model takes "
+    if width is not None and len(x[0]) != width:
+        raise InvalidInput(f"x rows have {len(x[0])} features but the model takes "
                            f"{width}", field="x")
     # the answer's size is bounded before anything is computed (SPEC 7)
     outputs = int(model_spec.get("output_dim") or 1)
     if top_k is not None and job.spec.get("task") == "classification":
         outputs = min(outputs, top_k)
-    cells, limit = len(body.x) * outputs, services.settings.max_predict_cells
+    cells, limit = len(x) * outputs, services.settings.max_predict_cells
     if cells > limit:
         raise InvalidInput(
-            f"{len(body.x)} rows × {outputs} outputs is {cells} values, over the limit "
+            f"{len(x)} rows × {outputs} outputs is {cells} values, over the limit "
             f"max_predict_cells={limit} (MLP_MAX_PREDICT_CELLS); send fewer rows"
             + (" or ask for ?top_k=k classes" if job.spec.get("task") == "classification"
                and top_k is None else ""), field="x")
-    path = str(services.artifacts.local_path(job.weights_uri, sha256=job.weights_sha256))
     result = services.models.predict(job_id=job.id, sha256=job.weights_sha256 or "",
-                                     path=path, x=body.x, top_k=top_k)
+                                     path=path, x=x, top_k=top_k)
     return PredictResult.model_validate(result)

@@ -125,3 +125,58 @@ def test_a_job_that_would_not_fit_in_memory_is_refused_at_submit(client, auth):
     assert 0 < ok["memory_estimate"]["bytes"] < 2**30
     limits = client.get("/v1/catalog", headers=auth).json()["limits"]
     assert limits["max_job_memory_bytes"] > 2**30
+
+
+NAMES = ["sepal length", "sepal width", "petal length", "petal width"]
+
+
+@pytest.fixture(scope="module")
+def named(harness, tmp_path_factory):
+    """A job trained on a table with named columns (as an uploaded CSV gives)."""
+    import pandas as pd
+
+    from mlp_engine import JobSpec, export_state_dict, fit, save_model
+
+    from .conftest import SMALL_SPEC
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(30, 4)), columns=NAMES)
+    y = pd.Series([i % 3 for i in range(30)], name="species")
+    spec = {**SMALL_SPEC, "dataset": {"builtin": "iris"}}
+    result = fit(JobSpec.model_validate(spec), x, y)
+    directory = tmp_path_factory.mktemp("named")
+    trained = {"weights": save_model(directory / "w.safetensors", result),
+               "pt": export_state_dict(directory / "w.pt", result),
+               "history": [dict(r) for r in result.history]}
+    headers = harness.auth()
+    return headers, store_succeeded_job(harness, headers, trained)
+
+
+def test_rows_by_feature_name_answer_as_rows_in_order(client, named):
+    headers, job_id = named
+    card = client.get(f"/v1/jobs/{job_id}/model", headers=headers).json()
+    assert card["preprocessing"]["feature_names"] == NAMES
+    by_list = client.post(f"/v1/jobs/{job_id}/predict", headers=headers, json={"x": X})
+    # the same rows as objects, keys in another order
+    rows = [dict(reversed(list(zip(NAMES, row, strict=True)))) for row in X]
+    by_name = client.post(f"/v1/jobs/{job_id}/predict", headers=headers, json={"x": rows})
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json() == by_list.json()
+
+
+@pytest.mark.parametrize("change, named_in_message", [
+    (lambda row: {k: v for k, v in row.items() if k != "petal width"}, "lacks 'petal width'"),
+    (lambda row: {**row, "colour": 1.0}, "has 'colour', not a feature"),
+    (lambda row: {**row, "petal width": "wide"}, "x"),
+])
+def test_a_row_by_name_that_does_not_fit_is_422_naming_it(client, named, change,
+                                                         named_in_message):
+    headers, job_id = named
+    rows = [dict(zip(NAMES, row, strict=True)) for row in X]
+    rows[1] = change(rows[1])
+    r = client.post(f"/v1/jobs/{job_id}/predict", headers=headers, json={"x": rows})
+    assert r.status_code == 422, r.text
+    message = r.json()["message"]
+    assert named_in_message in message
+    if named_in_message != "x":
+        assert "x[1]" in message and "sepal length" in message
