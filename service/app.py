@@ -82,7 +82,7 @@ def _start(settings: Settings, observability: Observability) -> Services:
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,
                                   health_check_interval=30)
     celery = make_celery(redis_url, max_runtime_s=settings.max_runtime_s)
-    artifacts = ArtifactStore(settings.artifacts_url)
+    artifacts = ArtifactStore.from_settings(settings)
 
     default_tenant_id = None
     with session_factory() as session:

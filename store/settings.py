@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlp_engine.spec import Limits
+from store.artifacts import DEFAULT_CACHE_MAX_BYTES
 
 __all__ = ["CommonSettings", "ConfigError", "env_name", "blank_is_none",
            "MIN_KEY_HASH_SECRET_CHARS"]
@@ -53,7 +54,15 @@ class CommonSettings(BaseSettings):
         description="default none: standalone mode starts an embedded Redis")
     artifacts_url: str | None = Field(
         default=None, validation_alias=AliasChoices("MLP_ARTIFACTS_URL", "artifacts_url"),
-        description="default <data_dir>/artifacts; any fsspec URL")
+        description="default <data_dir>/artifacts; any fsspec URL, such as s3://bucket/prefix "
+                    "(the [s3] extra; AWS_* variables for credentials, region and the "
+                    "endpoint of an S3-compatible store)")
+    artifacts_cache_max_bytes: int = Field(
+        default=DEFAULT_CACHE_MAX_BYTES, ge=0,
+        validation_alias=AliasChoices("MLP_ARTIFACTS_CACHE_MAX_BYTES",
+                                      "artifacts_cache_max_bytes"),
+        description="what the local copies of a remote artifact store's files (datasets, "
+                    "weights) may take on this machine; the least recently used go first")
 
     max_parameters: int = Field(
         default=20_000_000, ge=1,
@@ -130,6 +139,7 @@ class CommonSettings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir.resolve() / 'mlp.db'}"
         if self.artifacts_url is None:
             self.artifacts_url = str(self.data_dir.resolve() / "artifacts")
+        _check_artifacts_url(self.artifacts_url)
         if not self.database_url.startswith(("sqlite", "postgres")):
             raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
         if self.redis_url is not None and not self.redis_url.startswith(
@@ -154,6 +164,21 @@ class CommonSettings(BaseSettings):
             max_inline_rows=self.max_inline_rows,
             max_runtime_s=self.max_runtime_s,
         )
+
+
+def _check_artifacts_url(url: str) -> None:
+    """An s3:// store needs a bucket and s3fs, found out at start-up rather than at the
+    first upload."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("s3", "s3a"):
+        return
+    if not rest.split("/", 1)[0]:
+        raise ValueError("MLP_ARTIFACTS_URL: an s3:// URL names a bucket: s3://bucket/prefix")
+    if importlib.util.find_spec("s3fs") is None:
+        raise ValueError("MLP_ARTIFACTS_URL: s3:// needs the s3fs package: "
+                         "pip install 'mlp-training-service[s3]'")
 
 
 def default_job_memory_bytes() -> int:

@@ -86,7 +86,7 @@ class WorkerContext:
             settings=s,
             session_factory=make_session_factory(s.database_url),  # type: ignore[arg-type]
             redis=redis_from_url(s.redis_url) if s.redis_url else None,
-            artifacts=ArtifactStore(s.artifacts_url),  # type: ignore[arg-type]
+            artifacts=ArtifactStore.from_settings(s),
             worker_id=make_worker_id(),
             num_threads=int(threads) if threads else s.torch_threads(),
             log_limits=LogLimits(max_lines=s.max_log_lines_per_job,
@@ -488,12 +488,12 @@ def _load_data(ctx: WorkerContext, job: Job) -> tuple[Any, Any]:
         ds = session.get(Dataset, dataset_ref)
         if ds is None or ds.tenant_id != job.tenant_id:
             raise DataError(f"dataset {dataset_ref} no longer exists", field="dataset.id")
-        uri, fmt, target = ds.uri, ds.format, list(ds.target)
+        uri, fmt, target, sha = ds.uri, ds.format, list(ds.target), ds.sha256
     try:
-        path = ctx.artifacts.local_path(uri)
+        path = ctx.artifacts.local_path(uri, sha256=sha)
     except ArtifactError as exc:
-        raise DataError(f"the file of dataset {dataset_ref} is missing from the artifact "
-                        "store", field="dataset.id") from exc
+        raise DataError(f"the file of dataset {dataset_ref} cannot be read from the "
+                        f"artifact store: {exc}", field="dataset.id") from exc
     # the columns the upload read (describe() made its DatasetInfo from them), with their
     # names: the model card and the weights file name the features as the file did
     import pandas as pd
