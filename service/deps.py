@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .sse import StreamSlots
 
 __all__ = [
+    "release_connection",
     "Services",
     "ServicesDep",
     "SessionDep",
@@ -75,7 +76,7 @@ class Services:
     default_tenant_id: str | None = None
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -88,6 +89,16 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def release_connection(session: Session) -> None:
+    """End the session's transaction, so its connection goes back to the pool (objects
+    stay loaded: expire_on_commit is off). Every dependency that reads the database calls
+    it before it returns: FastAPI runs each sync dependency and the route in a thread of
+    its own, and a request that held a connection while it waited for its next thread
+    would, with enough requests at once, hold every connection while the requests that
+    hold every thread wait for one (a deadlock until the pool's timeout)."""
+    session.commit()
 
 _bearer = HTTPBearer(auto_error=False, bearerFormat="API key",
                      description="an API key: `Authorization: Bearer mlp_...`")
@@ -105,6 +116,7 @@ def current_tenant(request: Request, services: ServicesDep, session: SessionDep,
         if tenant is None:
             tenant = get_or_create_tenant(session, DEFAULT_TENANT)
             services.default_tenant_id = tenant.id
+        release_connection(session)
         services.rate_limiter.check(f"tenant:{tenant.id}")
         return tenant
     # the connection's peer as the server reports it; X-Forwarded-For is not read here
@@ -120,6 +132,7 @@ def current_tenant(request: Request, services: ServicesDep, session: SessionDep,
         _refuse(services, address, "malformed",
                 "malformed Authorization header; expected 'Bearer <key>'")
     tenant = tenant_for_key(session, key, hasher=services.key_hasher)
+    release_connection(session)
     if tenant is None:
         _refuse(services, address, "unknown", "unknown or revoked API key")
     # counted under the key's keyed hash: Redis never holds anything to test guesses on
@@ -152,6 +165,7 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 def job_of_tenant(job_id: str, tenant: TenantDep, session: SessionDep) -> Job:
     job = get_job_for_tenant(session, tenant.id, job_id)
+    release_connection(session)
     if job is None:
         raise NotFound(f"no job '{job_id}' for this API key")
     return job
@@ -162,6 +176,7 @@ JobDep = Annotated[Job, Depends(job_of_tenant)]
 
 def dataset_of_tenant(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Dataset:
     dataset = get_dataset_for_tenant(session, tenant.id, dataset_id)
+    release_connection(session)
     if dataset is None:
         raise NotFound(f"no dataset '{dataset_id}' for this API key")
     return dataset

@@ -42,7 +42,7 @@ from store.sweeps import (
     trials_of,
 )
 
-from ..deps import ServicesDep, SessionDep, TenantDep
+from ..deps import ServicesDep, SessionDep, TenantDep, release_connection
 from ..errors import Conflict, InvalidInput, NotFound, Unavailable
 from ..schemas import (
     SWEEP_EXAMPLES,
@@ -76,6 +76,7 @@ _INVALID: dict[int | str, dict[str, Any]] = {
 
 def sweep_of_tenant(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Sweep:
     sweep = get_sweep_for_tenant(session, tenant.id, sweep_id)
+    release_connection(session)
     if sweep is None:
         raise NotFound(f"no sweep '{sweep_id}' for this API key")
     return sweep

@@ -20,7 +20,7 @@ from store.webhooks import (
     record_ping,
 )
 
-from ..deps import ServicesDep, SessionDep, TenantDep
+from ..deps import ServicesDep, SessionDep, TenantDep, release_connection
 from ..errors import NotFound
 from ..schemas import (
     DeliveryList,
@@ -45,6 +45,7 @@ _NOT_FOUND: Responses = {404: {**_E, "description": "no such webhook for this AP
 
 def webhook_of_tenant(webhook_id: str, tenant: TenantDep, session: SessionDep) -> Webhook:
     webhook = get_webhook_for_tenant(session, tenant.id, webhook_id)
+    release_connection(session)
     if webhook is None:
         raise NotFound(f"no webhook '{webhook_id}' for this API key")
     return webhook

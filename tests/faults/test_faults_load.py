@@ -110,3 +110,38 @@ def test_200_jobs_from_20_clients_on_two_workers(stack: Stack) -> None:
             assert [e["epoch"] for e in body["epochs"]] == \
                 list(range(1, job["spec"]["training"]["epochs"] + 1))
             assert job["metrics"]["final"]["epoch"] == job["spec"]["training"]["epochs"]
+
+
+def test_far_more_requests_than_threads_never_starve_the_database_pool(stack: Stack) -> None:
+    """With 2 request threads (a pool of 6 connections) and 30 clients reading a job at
+    once: every request is answered 200. A request holds a connection only while one of
+    its threads runs: dependencies give theirs back before the request waits for its next
+    thread (FastAPI runs each in a thread of its own), else the requests holding every
+    connection would wait for the threads held by requests waiting for a connection."""
+    assert stack.api is not None
+    stack.api.stop()
+    stack.start_api(MLP_REQUEST_THREADS="2", MLP_DB_POOL_TIMEOUT_S="3")
+    try:
+        key = stack.new_key()
+        with stack.http(key) as client:
+            r = client.post("/v1/jobs", json=tiny_spec("read-me"))
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+        codes: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def reader() -> None:
+            with stack.http(key, timeout=30) as c:
+                for _ in range(10):
+                    status = c.get(f"/v1/jobs/{job_id}").status_code
+                    with lock:
+                        codes[status] = codes.get(status, 0) + 1
+
+        threads = [threading.Thread(target=reader) for _ in range(30)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert codes == {200: 300}, codes
+    finally:
+        stack.api.stop()  # the next test gets the API with the stack's settings
