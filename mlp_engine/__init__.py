@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "JobSpec", "DatasetInfo", "Limits", "resolve_spec",
     "build_model", "fit", "FitResult", "Callback", "TrainState", "StopTraining",
+    "fit_packed", "TrialOutcome", "pack_key", "check_packable",
     "EarlyStopping", "LRScheduler", "Checkpoint", "TimeLimit",
     "METRICS", "metric_goal", "is_better", "metrics_for_task",
     "save_model", "load_model", "export_state_dict",
@@ -29,6 +30,8 @@ __all__ = [
 _WHERE = {
     "JobSpec": "spec", "DatasetInfo": "spec", "Limits": "spec", "resolve_spec": "spec",
     "build_model": "model", "fit": "training", "FitResult": "training",
+    "fit_packed": "packed", "TrialOutcome": "packed", "pack_key": "packed",
+    "check_packable": "packed",
     "Callback": "callbacks", "TrainState": "callbacks", "StopTraining": "errors",
     "EarlyStopping": "builtin_callbacks", "LRScheduler": "builtin_callbacks",
     "Checkpoint": "builtin_callbacks", "TimeLimit": "builtin_callbacks",

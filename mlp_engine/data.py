@@ -37,6 +37,7 @@ __all__ = [
     "read_table",
     "load_inline",
     "load_dataset",
+    "seeded_rows",
     "describe",
     "encode_targets",
     "split_indices",
@@ -579,6 +580,12 @@ def load_dataset(dataset_spec: DatasetSpec | Mapping[str, Any], *, seed: int = 0
     raise DataError(f"dataset {{'id': {dataset_spec.id!r}}} is an uploaded dataset, which only "
                     "the service or a worker can load; read the file with read_table and pass "
                     "x and y to fit", field="dataset.id")
+
+
+def seeded_rows(dataset_spec: DatasetSpec) -> bool:
+    """Whether `load_dataset` draws the rows from its seed (the synthetic builtins); the
+    others give the same rows for every seed."""
+    return dataset_spec.builtin is not None and dataset_spec.builtin not in _FIXED_ROWS
 
 
 # ---------------------------------------------------------------------------- description

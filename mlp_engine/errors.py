@@ -2,6 +2,7 @@
 
 MLPEngineError
  ├── SpecError          a job spec that cannot be resolved (bad sizes, limits, class weights)
+ │    └── NotPackable    specs that cannot be trained together in one pack (packed.py)
  ├── DataError          data that cannot be read or used (parse errors, NaN, bad labels)
  ├── TrainingError      training that cannot go on
  │    └── DivergedError  the loss became NaN or infinite
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "MLPEngineError",
     "SpecError",
+    "NotPackable",
     "DataError",
     "TrainingError",
     "DivergedError",
@@ -43,6 +45,11 @@ class SpecError(MLPEngineError, ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class NotPackable(SpecError):
+    """Specs that cannot share a pack (`packed.fit_packed`), or one that cannot be packed
+    at all; `field` names the spec field that differs or is not supported."""
 
 
 class DataError(MLPEngineError, ValueError):

@@ -9,9 +9,10 @@ import torch
 
 from .losses import hinge_embedding_pairs, pair_distances
 
-__all__ = ["EvalSet", "evaluate", "forward_chunked"]
+__all__ = ["EvalSet", "evaluate", "score", "forward_chunked"]
 
 _CHUNK = 65_536
+_REFERENCE_ROWS = 4096  # training rows metric_learning's 1-NN accuracy compares against
 
 
 @dataclass
@@ -43,6 +44,24 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, task: str,
     describes each.
     """
     out = forward_chunked(model, data.x)
+    reference_out = None
+    if task == "metric_learning" and reference is not None and reference.x.shape[0] > 0:
+        reference_out = forward_chunked(model, reference.x[:_REFERENCE_ROWS])
+    return score(out, data, task=task, loss_fn=loss_fn, prefix=prefix, y_scale=y_scale,
+                 reference=reference, reference_out=reference_out, margin=margin, p=p)
+
+
+@torch.no_grad()
+def score(out: torch.Tensor, data: EvalSet, *, task: str,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prefix: str = "val",
+          y_scale: tuple[torch.Tensor, torch.Tensor] | None = None,
+          reference: EvalSet | None = None, reference_out: torch.Tensor | None = None,
+          margin: float = 1.0, p: int = 2, loss: torch.Tensor | None = None
+          ) -> dict[str, float]:
+    """`evaluate`'s metrics from the model's outputs on `data.x` (eval mode), computed
+    elsewhere; for metric_learning's 1-NN accuracy, `reference_out` are the outputs on the
+    first `_REFERENCE_ROWS` rows of `reference.x`. `loss`: `loss_fn(out, data.y_loss)`, when
+    computed already (the packed trainer computes it for all its trials at once)."""
     stats: dict[str, torch.Tensor] = {}
     if task == "metric_learning":
         gen = torch.Generator().manual_seed(0)  # fixed pairs, never the training RNG
@@ -50,13 +69,12 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, task: str,
         d = pair_distances(out, i, j, p)
         stats["loss"] = torch.nn.functional.hinge_embedding_loss(d, target, margin=margin)
         stats["pair_accuracy"] = ((d < margin / 2) == (target > 0)).float().mean()
-        if reference is not None and reference.x.shape[0] > 0:
-            ref = forward_chunked(model, reference.x[:4096])
-            nearest = torch.cdist(out, ref).argmin(dim=1)
-            stats["knn_accuracy"] = (reference.y_metric[:4096][nearest] == data.y_metric
-                                     ).float().mean()
+        if reference is not None and reference_out is not None:
+            nearest = torch.cdist(out, reference_out).argmin(dim=1)
+            stats["knn_accuracy"] = (reference.y_metric[:reference_out.shape[0]][nearest]
+                                     == data.y_metric).float().mean()
     else:
-        stats["loss"] = loss_fn(out, data.y_loss)
+        stats["loss"] = loss_fn(out, data.y_loss) if loss is None else loss
         if task == "classification":
             stats["accuracy"] = (out.argmax(dim=1) == data.y_metric).float().mean()
         elif task == "multilabel":

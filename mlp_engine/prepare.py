@@ -22,7 +22,7 @@ from .errors import SpecError
 from .losses import prepare_targets
 from .spec import JobSpec, Limits, resolve_spec
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["PreparedData", "prepare_data", "DataSource", "load_source"]
 
 
 @dataclass
@@ -65,21 +65,39 @@ def _as_loaded(x: Any, y: Any) -> LoadedData:
     return LoadedData(x=xa, y=ya, feature_names=feature_names, target_names=target_names)
 
 
-def prepare_data(spec: JobSpec, x: Any = None, y: Any = None, *, device: torch.device,
-                 limits: Limits | None = None) -> PreparedData:
-    """Load, resolve, encode, split and standardise: everything before the first epoch."""
-    seed = spec.training.seed
+@dataclass(frozen=True)
+class DataSource:
+    """A job's rows as loaded, before the spec touches them, and the task a builtin
+    dataset implies (None for others)."""
+
+    data: LoadedData
+    default_task: str | None
+
+
+def load_source(spec: JobSpec, x: Any = None, y: Any = None) -> DataSource:
+    """The rows of `x`, `y` when given, else of the spec's dataset (seeded by the spec)."""
     if x is not None:
-        data = _as_loaded(x, y)
-        default_task = None
-    elif spec.dataset is None:  # an ArrayJobSpec, which has its data only as arrays
+        return DataSource(_as_loaded(x, y), None)
+    if spec.dataset is None:  # an ArrayJobSpec, which has its data only as arrays
         raise SpecError("the spec has no dataset: give one, or pass x and y to fit",
                         field="dataset")
-    else:
-        data = load_dataset(spec.dataset, seed=seed)
-        default_task = (builtin_info(spec.dataset.builtin, spec.dataset.params).default_task
-                        if spec.dataset.builtin else None)
-    info = describe(data, default_task=default_task)
+    data = load_dataset(spec.dataset, seed=spec.training.seed)
+    default_task = (builtin_info(spec.dataset.builtin, spec.dataset.params).default_task
+                    if spec.dataset.builtin else None)
+    return DataSource(data, default_task)
+
+
+def prepare_data(spec: JobSpec, x: Any = None, y: Any = None, *, device: torch.device,
+                 limits: Limits | None = None, source: DataSource | None = None
+                 ) -> PreparedData:
+    """Load, resolve, encode, split and standardise: everything before the first epoch.
+    `source`: the rows `load_source(spec, x, y)` gives, loaded already (several trials of a
+    pack share them); it is only read."""
+    seed = spec.training.seed
+    if source is None:
+        source = load_source(spec, x, y)
+    data = source.data
+    info = describe(data, default_task=source.default_task)
     resolved = resolve_spec(spec, info, limits)
     task = resolved.task
     assert task is not None

@@ -6,6 +6,10 @@ and crosses to Python once per epoch. Everything else runs between epochs: the r
 (`_Loop.record`: metrics, diagnostics) and the callbacks, among them the spec's own time
 limit, scheduler and early stopping (`builtin_callbacks`), with the hooks a caller's
 callbacks have.
+
+`start` (everything before the first epoch) and `close_epoch` (the record and the epoch-end
+hooks) are shared with the packed trainer (`packed`), so that a trial of a pack starts and
+ends its epochs exactly as its lone run does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +31,9 @@ from .checkpoint import CHECKPOINT_FORMAT, READABLE_CHECKPOINT_FORMATS, restore
 from .diagnostics import epoch_diagnostics, weight_grad_norms
 from .errors import DivergedError, SpecError, StopTraining, TrainingError
 from .losses import LossFn, make_loss, regularization
-from .metrics import EvalSet, evaluate
+from .metrics import EvalSet, evaluate, score
 from .model import MLP, _construct, build_model
-from .prepare import PreparedData, prepare_data
+from .prepare import DataSource, PreparedData, prepare_data
 from .registry import DIAGNOSTICS, OPTIMIZERS
 from .spec import ArrayJobSpec, JobSpec, Limits
 
@@ -104,14 +108,36 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
     `StopTraining`, and as a failure by raising a `TrainingStopped` error, which `fit`
     re-raises after `on_train_end`; a NaN or infinite loss raises `DivergedError`.
     """
-    if not isinstance(spec, JobSpec):
-        arrays_only = x is not None and isinstance(spec, dict) and spec.get("dataset") is None
-        spec = (ArrayJobSpec if arrays_only else JobSpec).model_validate(spec)
     if num_threads:
         torch.set_num_threads(num_threads)
+    state, loop = start(spec, x, y, callbacks=callbacks, resume=resume, device=device,
+                        limits=limits)
+    _run(state, loop)
+    return result_of(state, loop.model)
+
+
+def as_job_spec(spec: JobSpec | dict[str, Any], x: Any = None) -> JobSpec:
+    """A spec given as a dict, validated: an `ArrayJobSpec` when arrays stand in for its
+    (absent) dataset."""
+    if isinstance(spec, JobSpec):
+        return spec
+    arrays_only = x is not None and isinstance(spec, dict) and spec.get("dataset") is None
+    return (ArrayJobSpec if arrays_only else JobSpec).model_validate(spec)
+
+
+def start(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
+          callbacks: Sequence[Callback] = (), resume: dict[str, Any] | None = None,
+          device: str | None = None, limits: Limits | None = None,
+          source: DataSource | None = None) -> tuple[TrainState, _Loop]:
+    """Everything `fit` does before the first epoch, in its order: seed, prepare the data,
+    build the model and optimiser (from the seeded global RNG), then restore `resume`.
+
+    The packed trainer (`packed`) starts each of its trials with it, so a trial starts as
+    its lone run would; `source` is data loaded once for several trials (prepare_data)."""
+    spec = as_job_spec(spec, x)
     dev = pick_device(spec.device, device)
     seed_everything(spec.training.seed)
-    data = prepare_data(spec, x, y, device=dev, limits=limits)
+    data = prepare_data(spec, x, y, device=dev, limits=limits, source=source)
     loop = _Loop(data, dev)
     builtins = spec_callbacks(data.spec, validation=data.x_val.shape[0] > 0)
     state = TrainState(spec=data.spec, model=loop.model, optimizer=loop.optimizer,
@@ -119,14 +145,18 @@ def fit(spec: JobSpec | dict[str, Any], x: Any = None, y: Any = None, *,
                        callbacks=[*builtins, *callbacks], data=data)
     if resume is not None:
         restore(state, resume)
-    _run(state, loop)
-    return _result(state, loop.model)
+    return state, loop
+
+
+def asked_diagnostics(spec: JobSpec) -> set[str]:
+    """The diagnostics the spec itself asks for, every epoch."""
+    return {name for name in DIAGNOSTICS if getattr(spec.diagnostics, name)}
 
 
 def _run(state: TrainState, loop: _Loop) -> None:
     """The epochs, with every callback hook; a stop request ends them as a normal end."""
     cbs = CallbackList(state.callbacks)
-    asked = {name for name in DIAGNOSTICS if getattr(state.spec.diagnostics, name)}
+    asked = asked_diagnostics(state.spec)
     error: BaseException | None = None
     try:
         cbs.on_train_begin(state)
@@ -136,12 +166,8 @@ def _run(state: TrainState, loop: _Loop) -> None:
             cbs.on_epoch_begin(state)
             started = time.perf_counter()
             train_loss, objective = loop.train_epoch(state, cbs.per_batch)
-            diagnostics = asked | cbs.wants_diagnostics(state, epoch)
-            record = loop.record(epoch, train_loss, train_objective=objective,
-                                 diagnostics=diagnostics, started=started)
-            state.history.append(record)
-            state.epoch = epoch
-            cbs.on_epoch_end(state, record)
+            close_epoch(state, loop, cbs, epoch=epoch, train_loss=train_loss,
+                        objective=objective, asked=asked, started=started)
     except StopTraining as stop:  # from a hook other than on_epoch_end: at once
         state.stop(stop.reason)
     except BaseException as exc:
@@ -152,7 +178,29 @@ def _run(state: TrainState, loop: _Loop) -> None:
         cbs.on_train_end(state, error)
 
 
-def _result(state: TrainState, model: MLP) -> FitResult:
+def close_epoch(state: TrainState, loop: _Loop, cbs: CallbackList, *, epoch: int,
+                train_loss: float, objective: float | None, asked: set[str], started: float,
+                validation: dict[str, float] | None = None,
+                before_model_read: Callable[[], None] | None = None) -> dict[str, Any]:
+    """After an epoch's batches: its record (with the diagnostics the spec and the
+    callbacks ask for), into the history, then `on_epoch_end`.
+
+    For the packed trainer: `validation` are the validation metrics when the caller
+    computed them (for all its trials at once); `before_model_read` runs before the record
+    reads `loop.model` (diagnostics, or validation not given)."""
+    diagnostics = asked | cbs.wants_diagnostics(state, epoch)
+    if before_model_read is not None and (diagnostics or validation is None):
+        before_model_read()
+    record = loop.record(epoch, train_loss, train_objective=objective,
+                         diagnostics=diagnostics, started=started, validation=validation)
+    state.history.append(record)
+    state.epoch = epoch
+    cbs.on_epoch_end(state, record)
+    return record
+
+
+def result_of(state: TrainState, model: MLP) -> FitResult:
+    """The FitResult of a run that ended (its callbacks' on_train_end done)."""
     # like load_model's module, so inference.predict(result.model, x) works on it directly
     model.spec = state.spec  # type: ignore[assignment]
     model.preprocessing = state.preprocessing  # type: ignore[assignment]
@@ -191,6 +239,11 @@ class _Loop:
         # the last batch's weight-gradient norms before clipping (only when clipping)
         self.unclipped_grad_norms: torch.Tensor | None = None
 
+    def epoch_order(self) -> torch.Tensor:
+        """The epoch's row order, drawn from the run's generator: batch i is rows
+        order[i * batch_size:(i + 1) * batch_size], for starts below `rows`."""
+        return torch.randperm(self.data.x_train.shape[0], generator=self.gen).to(self.device)
+
     def train_epoch(self, state: TrainState, per_batch: Sequence[Callback]
                     ) -> tuple[float, float | None]:
         """One pass over the training rows in a fresh random order: the mean data loss,
@@ -202,7 +255,7 @@ class _Loop:
         clip = self.spec.training.gradient_clip_norm
         last = (self.rows - 1) // bs * bs  # where the last batch starts
         model.train()
-        perm = torch.randperm(x.shape[0], generator=self.gen).to(self.device)
+        perm = self.epoch_order()
         loss_sum = torch.zeros((), device=self.device)
         objective_sum = torch.zeros((), device=self.device) if l1 or l2 else None
         state.batch = 0
@@ -231,8 +284,10 @@ class _Loop:
         return loss_total / self.rows, objective_total / self.rows
 
     def record(self, epoch: int, train_loss: float, *, train_objective: float | None = None,
-               diagnostics: Collection[str], started: float) -> dict[str, Any]:
-        """The epoch's record (fields: metric_table.METRICS); the model ends in eval mode."""
+               diagnostics: Collection[str], started: float,
+               validation: dict[str, float] | None = None) -> dict[str, Any]:
+        """The epoch's record (fields: metric_table.METRICS); the model ends in eval mode.
+        `validation`: the validation metrics, when computed already."""
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -241,7 +296,7 @@ class _Loop:
             record["train_objective"] = train_objective
         self.model.eval()
         if self.val_set.x.shape[0] > 0:
-            record.update(self._validate())
+            record.update(self._validate() if validation is None else validation)
             if not math.isfinite(record["val_loss"]):
                 raise DivergedError(epoch, record["val_loss"])
         if diagnostics:
@@ -250,6 +305,15 @@ class _Loop:
         record.update({"lr": lr, "epoch_seconds": seconds,
                        "samples_per_second": self.rows / seconds if seconds > 0 else None})
         return record
+
+    def validation(self, out: torch.Tensor, loss: torch.Tensor | None = None
+                   ) -> dict[str, float]:
+        """The validation metrics from the model's outputs on the validation rows (and
+        the loss on them), computed elsewhere: the packed trainer computes them for all its
+        trials at once. Not for metric_learning, whose metrics need training rows too."""
+        assert self.task != "metric_learning"
+        return score(out, self.val_set, task=self.task, loss_fn=self.loss_fn,
+                     y_scale=self.data.y_scale, loss=loss)
 
     def _validate(self) -> dict[str, float]:
         return evaluate(self.model, self.val_set, task=self.task, loss_fn=self.loss_fn,
