@@ -292,8 +292,26 @@ def advance_sweep(session: Session, sweep_id: str, *, enqueue: Enqueue | None = 
     or running while fewer than its target were made, record the best trial and the counts,
     and end it once every trial has ended. Idempotent; see the module docstring for races.
     Each new trial is committed before it is sent (`enqueue`; a send that fails leaves the
-    job queued in the database, which the reconciler sends again)."""
+    job queued in the database, which the reconciler sends again), and the trials made in
+    one step are sent once all of them are made, so that the worker that takes the first
+    finds the others queued (worker.packs trains those of one architecture together)."""
     result = Advanced()
+    try:
+        return _advance(session, sweep_id, result, max_steps)
+    finally:
+        if enqueue is not None:
+            for job_id in result.created:
+                try:
+                    job = session.get(Job, job_id)
+                    if job is not None and job.status == JobStatus.QUEUED:
+                        enqueue(session, job)
+                except Exception as exc:  # Redis away: the reconciler sends it later
+                    log.warning("sweep %s: trial job %s stored but not queued: %s",
+                                sweep_id, job_id, exc)
+                    session.rollback()
+
+
+def _advance(session: Session, sweep_id: str, result: Advanced, max_steps: int) -> Advanced:
     for _ in range(max_steps):
         sweep = _lock_sweep(session, sweep_id)
         if sweep is None:
@@ -348,13 +366,6 @@ def advance_sweep(session: Session, sweep_id: str, *, enqueue: Enqueue | None = 
             finish_job(session, job.id, JobStatus.FAILED, error=("invalid_spec", problem))
         else:
             result.created.append(job.id)
-            if enqueue is not None:
-                try:
-                    enqueue(session, job)
-                except Exception as exc:  # Redis away: the reconciler sends it later
-                    log.warning("sweep %s: trial %s (job %s) stored but not queued: %s",
-                                sweep_id, k, job.id, exc)
-                    session.rollback()
     return result
 
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 from sqlalchemy.orm import Session
@@ -39,6 +39,9 @@ from store.jobs import json_safe, record_epochs
 from .checkpoints import checkpoint_key, encode_checkpoint
 from .errors import LeaseLost
 from .lease import Heartbeat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .job_log import JobLog
 
 __all__ = ["FindingWriter", "JobLedger", "CheckpointWriter", "MetricsRecorder", "EventPublisher",
            "StopWatcher", "Heartbeat", "LeaseLost", "checkpoint_key"]
@@ -56,7 +59,7 @@ class FindingWriter:
     session_factory: Callable[[], Session]
     redis: redis_lib.Redis | None = None
     worker_id: str | None = None
-    log: logging.Logger | None = None
+    log: logging.Logger | JobLog | None = None  # where the job's own lines go
 
     def __call__(self, finding: dict[str, Any]) -> None:
         with self.session_factory() as session:

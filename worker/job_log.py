@@ -140,12 +140,13 @@ class JobLog(logging.Handler):
     # -- listening
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator[JobLog]:
+    def attached(self, *, current: bool = True) -> Iterator[JobLog]:
         """Listen for this job's lines (and its Python warnings) in the calling context,
         until the block ends. Saves nothing by itself: the runner saves before it finishes
-        the job, while it still holds the lease."""
+        the job, while it still holds the lease. With `current=False` (the trials of a pack,
+        worker.packs) the log listens but is nobody's until `speaking()` makes it so."""
         loggers = [job_logger, *(logging.getLogger(name) for name in WATCHED_LOGGERS)]
-        token = _current.set(self)
+        token = _current.set(self if current else _current.get())
         for logger in loggers:
             logger.addHandler(self)
         try:
@@ -156,6 +157,24 @@ class JobLog(logging.Handler):
                 logger.removeHandler(self)
             _current.reset(token)
             self.close()
+
+
+    @contextlib.contextmanager
+    def speaking(self) -> Iterator[JobLog]:
+        """This job's log is the one the calling context's lines go to, until the block
+        ends (of several attached in one context: the trials of a pack)."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
+
+    def info(self, message: str, *args: Any) -> None:
+        """A line of the job's own, whoever's context this is (a pack's callbacks)."""
+        self.add("INFO", message % args if args else message)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self.add("WARNING", message % args if args else message)
 
 
 _routing_lock = threading.Lock()
@@ -273,15 +292,16 @@ class JobLogRecorder(Callback):
         self.flush_s = flush_s
 
     def on_train_begin(self, state: TrainState) -> None:
-        job_logger.info(_shapes(state))
+        self.job_log.info(_shapes(state))
         self.job_log.save()
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        job_logger.info(epoch_summary(record, state.spec.training.epochs))
+        self.job_log.info(epoch_summary(record, state.spec.training.epochs))
         if time.monotonic() - self.job_log.last_save >= self.flush_s:
             self.job_log.save()
 
     def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
         if error is None and state.stop_reason is not None:
-            job_logger.info("stopped early after epoch %s: %s", state.epoch, state.stop_reason)
+            self.job_log.info("stopped early after epoch %s: %s", state.epoch,
+                              state.stop_reason)
 

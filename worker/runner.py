@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlp_engine.callbacks import Callback
     from mlp_engine.spec import JobSpec
 
-__all__ = ["run_job", "job_callbacks", "WorkerContext", "classify_error"]
+__all__ = ["run_job", "job_callbacks", "WorkerContext", "classify_error", "claim",
+           "conclude", "conclude_error", "log_training_starts"]
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ class WorkerContext:
 
 
 def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
-    """Run one delivery of a job; returns {"job_id", "status"} for the logs."""
-    s = ctx.settings
+    """Run one delivery of a job; returns {"job_id", "status"} for the logs (and "packed":
+    the other jobs trained with it, a sweep's trials of the same architecture)."""
     if ctx.redis is not None:
         # this message is being handled: recovery may queue the job again if we die
         # before claiming it
@@ -109,46 +110,66 @@ def run_job(job_id: str, ctx: WorkerContext) -> dict[str, Any]:
             log.warning("job %s: could not clear its queued marker on Redis (%s); the "
                         "reconciler may deliver it again, which the claim makes harmless",
                         job_id, exc)
-    claimed_at = utcnow()
-    with ctx.session_factory() as session:
-        job = claim_job(session, job_id, worker_id=ctx.worker_id, lease_s=s.lease_seconds,
-                        max_attempts=s.max_attempts,
-                        max_running_per_tenant=s.max_running_jobs_per_tenant or None)
-        if job is None:
-            current = get_job(session, job_id)
-            if current is not None and current.status == JobStatus.RUNNING and \
-                    worker_is_dead(current.worker_id):
-                # a redelivery after our own host's training process was killed: no need
-                # to wait for its lease to run out
-                log.info("job %s: its worker %s is gone; taking over", job_id,
-                         current.worker_id)
-                job = claim_job(session, job_id, worker_id=ctx.worker_id,
-                                lease_s=s.lease_seconds, max_attempts=s.max_attempts,
-                                take_over_from=current.worker_id)
-                current = get_job(session, job_id)
-        if job is None:
-            if current is None:
-                log.warning("job %s does not exist (deleted?); nothing to do", job_id)
-                return {"job_id": job_id, "status": "missing"}
-            if current.status == JobStatus.QUEUED:
-                # its tenant runs MLP_MAX_RUNNING_JOBS_PER_TENANT jobs already
-                _defer(ctx, current)
-                return {"job_id": job_id, "status": "deferred", "claimed": False}
-            if current.status in TERMINAL and current.finished_at is not None and \
-                    as_utc(current.finished_at) >= claimed_at:
-                _publish(ctx, current)  # the claim itself ended it (attempts, cancel)
-            log.info("job %s is %s; not claimable by this delivery", job_id, current.status)
-            return {"job_id": job_id, "status": current.status, "claimed": False}
+    job, answer = claim(ctx, job_id)
+    if job is None:
+        return answer
+    from .packs import pack_companions, run_pack
 
+    companions = pack_companions(ctx, job)
+    if companions:
+        statuses = run_pack(ctx, [job, *companions])
+        return {"job_id": job_id, "status": statuses[job_id],
+                "packed": [c.id for c in companions]}
     heartbeat = Heartbeat(session_factory=ctx.session_factory, job_id=job_id,
-                          worker_id=ctx.worker_id, lease_s=s.lease_seconds,
-                          interval_s=s.heartbeat_interval())
+                          worker_id=ctx.worker_id, lease_s=ctx.settings.lease_seconds,
+                          interval_s=ctx.settings.heartbeat_interval())
     heartbeat.start()
     try:
         status = _train(job, ctx, heartbeat)
     finally:
         heartbeat.stop()
     return {"job_id": job_id, "status": status}
+
+
+def claim(ctx: WorkerContext, job_id: str, *, companion: bool = False
+          ) -> tuple[Job | None, dict[str, Any]]:
+    """Claim the job for this worker: (the job, {}) or (None, what happened instead: it is
+    gone, another worker's, ended, or deferred by its tenant's running limit). A
+    `companion` (a trial a pack takes along, worker.packs) is never deferred: its own
+    message is still on its way."""
+    s = ctx.settings
+    claimed_at = utcnow()
+    with ctx.session_factory() as session:
+        job = claim_job(session, job_id, worker_id=ctx.worker_id, lease_s=s.lease_seconds,
+                        max_attempts=s.max_attempts,
+                        max_running_per_tenant=s.max_running_jobs_per_tenant or None)
+        if job is not None or companion:
+            return job, {}
+        current = get_job(session, job_id)
+        if current is not None and current.status == JobStatus.RUNNING and \
+                worker_is_dead(current.worker_id):
+            # a redelivery after our own host's training process was killed: no need
+            # to wait for its lease to run out
+            log.info("job %s: its worker %s is gone; taking over", job_id,
+                     current.worker_id)
+            job = claim_job(session, job_id, worker_id=ctx.worker_id,
+                            lease_s=s.lease_seconds, max_attempts=s.max_attempts,
+                            take_over_from=current.worker_id)
+            if job is not None:
+                return job, {}
+            current = get_job(session, job_id)
+    if current is None:
+        log.warning("job %s does not exist (deleted?); nothing to do", job_id)
+        return None, {"job_id": job_id, "status": "missing"}
+    if current.status == JobStatus.QUEUED:
+        # its tenant runs MLP_MAX_RUNNING_JOBS_PER_TENANT jobs already
+        _defer(ctx, current)
+        return None, {"job_id": job_id, "status": "deferred", "claimed": False}
+    if current.status in TERMINAL and current.finished_at is not None and \
+            as_utc(current.finished_at) >= claimed_at:
+        _publish(ctx, current)  # the claim itself ended it (attempts, cancel)
+    log.info("job %s is %s; not claimable by this delivery", job_id, current.status)
+    return None, {"job_id": job_id, "status": current.status, "claimed": False}
 
 
 DEFER_S = 1.0  # between two looks at a job whose tenant is at its running limit
@@ -239,22 +260,15 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
     from mlp_engine.spec import JobSpec
 
     job_id = job.id
-    epochs = int(job.epochs or 0)
     callbacks: list[Callback] = []
-    if job.checkpoint_uri:
-        job_logger.info("start: attempt %s, resuming from the checkpoint of epoch %s of %s",
-                        job.attempts, job.checkpoint_epoch, epochs)
-    else:
-        job_logger.info("start: attempt %s, from epoch 0 of %s", job.attempts, epochs)
+    _say_start(job)
     try:
         # the stored spec was resolved by the API; fit resolves it again against the data
         # with the same function (mlp_engine.spec.resolve_spec, through prepare_data)
         spec = JobSpec.model_validate(job.spec)
         device = _pick_device(spec.device)
         job_logger.info("device: %s", _describe_device(device, ctx.num_threads))
-        current = _set_device(ctx, job_id, device)
-        if current is not None:
-            _publish(ctx, current)
+        _use_device(ctx, job_id, device)
         # the job's memory is bounded from its data on: a wrong estimate fails this job
         # (out_of_memory), never the host
         with job_memory_limit(ctx.settings.max_job_memory_bytes):
@@ -264,57 +278,90 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
                                       job_log=job_log)
             from mlp_engine.training import fit
 
-            # one line per training run: the fault tests count them (none may run twice)
-            log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)", job_id,
-                     job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id)
+            log_training_starts(ctx, job, resume)
             result = fit(spec, x, y, callbacks=callbacks, resume=resume, device=device,
                          num_threads=ctx.num_threads, limits=ctx.settings.limits())
             del x, y
-        stopped_by = _rule_stop(callbacks)
-        # a job a rule stopped keeps the weights of its last epoch (none before the first)
-        weights = _write_weights(ctx, job_id, result) if result.history or \
-            stopped_by is None else None
-        updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
-        if result.best_epoch is not None:
-            updates["best_epoch"] = result.best_epoch
-        if stopped_by is not None:
-            return _finish_by_rule(ctx, job_log, stopped_by, weights=weights,
-                                   summary_updates=updates)
-        pruned = _pruned_by(callbacks)
-        if pruned is not None:  # a sweep's early stopping (SPEC 9): metrics and weights kept
-            job_logger.info("%s", pruned)
-            job_log.save()
-            return _finish(ctx, job_id, JobStatus.PRUNED, weights=weights,
-                           summary_updates=updates)
-        job_logger.info("succeeded after epoch %s of %s",
-                        result.history[-1]["epoch"] if result.history else 0,
-                        spec.training.epochs)
-        job_log.save()  # before the finish, while this worker still holds the job
-        return _finish(ctx, job_id, JobStatus.SUCCEEDED, weights=weights,
-                       summary_updates=updates)
+        return conclude(ctx, job_id, spec, result, callbacks, job_log)
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; this attempt stops", job_id)
         return "lease_lost"  # its log lines are the next holder's to write, not ours
     except Exception as exc:  # every outcome must reach the database
-        stopped_by = _rule_stop(callbacks)
-        if stopped_by is not None and stopped_by["rule"] == "diverging":
-            # stop_on diverging, and the loss went to NaN: the rule's end, not a crash
-            return _finish_by_rule(ctx, job_log, stopped_by)
-        status, error = classify_error(exc)
-        if status == JobStatus.FAILED and error[0] == "internal_error":
-            log.exception("job %s failed", job_id)
-        else:
-            log.info("job %s: %s %s", job_id, status, error)
-        if status == JobStatus.CANCELLED:
-            job_logger.info("cancelled by request")
-        else:
-            for line in error_lines(exc, error, status=status):
-                job_logger.error("%s", line)
-        job_log.save()
-        return _finish(ctx, job_id, status,
-                       error=None if status == JobStatus.CANCELLED else error)
+        return conclude_error(ctx, job_id, exc, callbacks, job_log)
     # KeyboardInterrupt, SystemExit: the worker goes down; the lease expires and another
     # delivery resumes the job from its last checkpoint
+
+
+def _say_start(job: Job) -> None:
+    if job.checkpoint_uri:
+        job_logger.info("start: attempt %s, resuming from the checkpoint of epoch %s of %s",
+                        job.attempts, job.checkpoint_epoch, int(job.epochs or 0))
+    else:
+        job_logger.info("start: attempt %s, from epoch 0 of %s", job.attempts,
+                        int(job.epochs or 0))
+
+
+def _use_device(ctx: WorkerContext, job_id: str, device: str) -> None:
+    current = _set_device(ctx, job_id, device)
+    if current is not None:
+        _publish(ctx, current)
+
+
+def log_training_starts(ctx: WorkerContext, job: Job, resume: dict[str, Any] | None,
+                        note: str = "") -> None:
+    # one line per training run: the fault tests count them (none may run twice)
+    log.info("job %s: training starts (attempt %s, from epoch %s, worker %s)%s", job.id,
+             job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id, note)
+
+
+def conclude(ctx: WorkerContext, job_id: str, spec: JobSpec, result: Any,
+             callbacks: list[Callback], job_log: JobLog) -> str:
+    """End a job whose training returned: its weights written, then succeeded, pruned (a
+    sweep's early stopping) or failed by a rule of diagnostics.stop_on. The job's status."""
+    stopped_by = _rule_stop(callbacks)
+    # a job a rule stopped keeps the weights of its last epoch (none before the first)
+    weights = _write_weights(ctx, job_id, result) if result.history or \
+        stopped_by is None else None
+    updates: dict[str, Any] = {"stopped_early": bool(result.stopped_early)}
+    if result.best_epoch is not None:
+        updates["best_epoch"] = result.best_epoch
+    if stopped_by is not None:
+        return _finish_by_rule(ctx, job_log, stopped_by, weights=weights,
+                               summary_updates=updates)
+    pruned = _pruned_by(callbacks)
+    if pruned is not None:  # a sweep's early stopping (SPEC 9): metrics and weights kept
+        job_logger.info("%s", pruned)
+        job_log.save()
+        return _finish(ctx, job_id, JobStatus.PRUNED, weights=weights,
+                       summary_updates=updates)
+    job_logger.info("succeeded after epoch %s of %s",
+                    result.history[-1]["epoch"] if result.history else 0,
+                    spec.training.epochs)
+    job_log.save()  # before the finish, while this worker still holds the job
+    return _finish(ctx, job_id, JobStatus.SUCCEEDED, weights=weights,
+                   summary_updates=updates)
+
+
+def conclude_error(ctx: WorkerContext, job_id: str, exc: Exception,
+                   callbacks: list[Callback], job_log: JobLog) -> str:
+    """End a job whose training raised: failed or cancelled, with a clear error type and
+    message (never a stack trace). The job's status."""
+    stopped_by = _rule_stop(callbacks)
+    if stopped_by is not None and stopped_by["rule"] == "diverging":
+        # stop_on diverging, and the loss went to NaN: the rule's end, not a crash
+        return _finish_by_rule(ctx, job_log, stopped_by)
+    status, error = classify_error(exc)
+    if status == JobStatus.FAILED and error[0] == "internal_error":
+        log.error("job %s failed", job_id, exc_info=exc)
+    else:
+        log.info("job %s: %s %s", job_id, status, error)
+    if status == JobStatus.CANCELLED:
+        job_logger.info("cancelled by request")
+    else:
+        for line in error_lines(exc, error, status=status):
+            job_logger.error("%s", line)
+    job_log.save()
+    return _finish(ctx, job_id, status, error=None if status == JobStatus.CANCELLED else error)
 
 
 def _finish_by_rule(ctx: WorkerContext, job_log: JobLog, finding: dict[str, Any],
@@ -380,7 +427,7 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
     monitor = RuleMonitor(
         sink=FindingWriter(job_id=job.id, session_factory=ctx.session_factory,
                            redis=ctx.redis, worker_id=ctx.worker_id,
-                           log=job_logger if job_log else None),
+                           log=job_log),
         known=list(job.findings or []))
     from .sweeps import trial_pruner
 

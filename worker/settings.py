@@ -56,6 +56,12 @@ class WorkerSettings(CommonSettings):
     metrics_flush_s: float = Field(
         default=1.0, ge=0, le=60,
         validation_alias=_alias("MLP_METRICS_FLUSH_S", "metrics_flush_s"))
+    pack_max_trials: int = Field(
+        default=16, ge=1, le=256,
+        validation_alias=_alias("MLP_PACK_MAX_TRIALS", "pack_max_trials"),
+        description="a sweep's queued trials that share an architecture (mlp_engine.packed) "
+                    "are trained together, as one batched model in one training process, "
+                    "up to this many; 1 trains every trial alone")
     cancel_poll_s: float = Field(
         default=0.2, ge=0, le=60, validation_alias=_alias("MLP_CANCEL_POLL_S", "cancel_poll_s"))
     max_log_lines_per_job: int = Field(

@@ -33,5 +33,8 @@ def context() -> WorkerContext:
 def train_job(job_id: str) -> dict[str, Any]:
     ctx = context()
     result = run_job(job_id, ctx)
-    after_trial(ctx, job_id)  # a sweep's trial that ended: its sweep moves on (SPEC 9)
+    # a sweep's trials that ended (the job, and the trials packed with it): the sweep moves
+    # on (SPEC 9), once for all of them when they were one pack
+    for ended in [job_id, *result.get("packed", ())]:
+        after_trial(ctx, ended)
     return result
