@@ -31,10 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from kombu import Queue
+
+from .redis_url import celery_transport_options, celery_url
 
 __all__ = ["TRAIN_TASK", "QUEUES", "PRIORITY_LEVELS", "PRIORITY_SEP", "celery_url",
            "make_celery", "describe", "queue_keys"]
@@ -49,15 +50,6 @@ PRIORITY_SEP = ":"
 VISIBILITY_MARGIN_S = 3600
 
 
-def celery_url(redis_url: str) -> str:
-    """Celery/kombu spell a unix-socket Redis `redis+socket:///path?virtual_host=N`."""
-    parts = urlsplit(redis_url)
-    if parts.scheme != "unix":
-        return redis_url
-    db = parse_qs(parts.query).get("db", ["0"])[0]
-    return f"redis+socket://{parts.path}?virtual_host={db}"
-
-
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists that hold `queue`'s messages, one per priority level, first first."""
     return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in range(PRIORITY_LEVELS)]
@@ -65,8 +57,10 @@ def queue_keys(queue: str) -> list[str]:
 
 def make_celery(redis_url: str, *, include: Iterable[str] = (),
                 max_runtime_s: float = 86_400.0, name: str = "mlp") -> Celery:
-    """A Celery app with the shared configuration (see the module docstring)."""
+    """A Celery app with the shared configuration (see the module docstring). `redis_url`
+    is any REDIS_URL form (messaging.redis_url), Sentinel included."""
     url = celery_url(redis_url)
+    sentinel = celery_transport_options(redis_url)  # the master's name, with Sentinel
     app = Celery(name, broker=url, backend=url, include=list(include))
     visibility = int(max_runtime_s) + VISIBILITY_MARGIN_S
     app.conf.update(
@@ -85,8 +79,9 @@ def make_celery(redis_url: str, *, include: Iterable[str] = (),
         # priorities (messaging.queues.fair_priority): one Redis list per level, 0 first
         broker_transport_options={"visibility_timeout": visibility,
                                   "priority_steps": list(range(PRIORITY_LEVELS)),
-                                  "sep": PRIORITY_SEP, "queue_order_strategy": "priority"},
-        result_backend_transport_options={"visibility_timeout": visibility},
+                                  "sep": PRIORITY_SEP, "queue_order_strategy": "priority",
+                                  **sentinel},
+        result_backend_transport_options={"visibility_timeout": visibility, **sentinel},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,

@@ -17,6 +17,9 @@ from typing import Any
 
 import redis as redis_lib
 
+# a client for any REDIS_URL form; made in messaging.redis_url, and imported from here too
+from .redis_url import redis_from_url
+
 __all__ = [
     "events_channel",
     "cancel_key",
@@ -46,13 +49,6 @@ def cancel_key(job_id: str) -> str:
 
 def queued_key(job_id: str) -> str:
     return f"mlp:jobs:{job_id}:queued"
-
-
-def redis_from_url(url: str, **kwargs: Any) -> redis_lib.Redis:
-    """A redis-py client; `unix:///path?db=N` and `redis://host:port/N` both work."""
-    kwargs.setdefault("socket_timeout", 10)
-    kwargs.setdefault("health_check_interval", 30)
-    return redis_lib.Redis.from_url(url, **kwargs)
 
 
 def encode_event(type_: str, data: Any) -> str:

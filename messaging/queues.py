@@ -14,7 +14,8 @@ import redis as redis_lib
 from celery import Celery
 
 from .celery_factory import PRIORITY_LEVELS, QUEUES, TRAIN_TASK
-from .live_events import queued_key, redis_from_url
+from .live_events import queued_key
+from .redis_url import redis_from_url
 
 __all__ = ["enqueue_job", "fair_priority", "queue_for_device", "gpu_worker_alive", "gpu_worker_key",
            "gpu_worker_known_absent"]
@@ -44,8 +45,11 @@ def enqueue_job(celery: Celery, job_id: str, queue: str, *,
     try:
         ttl = int(celery.conf.broker_transport_options.get("visibility_timeout", 90_000))
         redis.set(queued_key(job_id), queue, ex=ttl)
+        # ignore_result: nobody reads task results (the database holds every outcome);
+        # without it send_task subscribes this process to each job's result channel
         celery.send_task(TRAIN_TASK, args=[job_id], queue=queue, routing_key=queue,
-                         priority=min(max(0, priority), PRIORITY_LEVELS - 1))
+                         priority=min(max(0, priority), PRIORITY_LEVELS - 1),
+                         ignore_result=True)
     finally:
         if own:
             redis.close()

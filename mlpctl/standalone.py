@@ -436,8 +436,9 @@ class Standalone:
         if not ok:
             self._report_death(api, f"the API did not become ready ({last})")
             return 1
-        if not _worker_answers(env["REDIS_URL"], nodename, timeout=120, alive=worker.alive,
-                               cancelled=self._stop.is_set):
+        # the settings' URL: with Sentinel, MLP_REDIS_SENTINEL_MASTER is written into it
+        if not _worker_answers(settings.redis_url or env["REDIS_URL"], nodename, timeout=120,
+                               alive=worker.alive, cancelled=self._stop.is_set):
             if self._stop.is_set():
                 return 0
             self._report_death(worker, "the worker did not start")

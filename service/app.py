@@ -16,10 +16,10 @@ from pathlib import Path
 
 import anyio
 import redis
-import redis.asyncio
 from fastapi import FastAPI
 
 from messaging.celery_factory import make_celery, queue_keys
+from messaging.redis_url import async_redis_from_url, redis_from_url
 from store.artifacts import ArtifactStore
 from store.db import init_db, make_engine, make_session_factory
 from store.jobs import count_by_status
@@ -79,8 +79,8 @@ def _start(settings: Settings, observability: Observability) -> Services:
     redis_url = settings.effective_redis_url
     if settings.redis_url is None:
         log.warning("REDIS_URL is not set; using %s", redis_url)
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,
-                                  health_check_interval=30)
+    client = redis_from_url(redis_url, socket_connect_timeout=3, socket_timeout=10,
+                            health_check_interval=30)
     celery = make_celery(redis_url, max_runtime_s=settings.max_runtime_s)
     artifacts = ArtifactStore.from_settings(settings)
 
@@ -107,8 +107,8 @@ def _start(settings: Settings, observability: Observability) -> Services:
     observability.add_state(jobs_by_status=jobs_by_status, queue_depths=queue_depths)
     return Services(
         settings=settings, engine=engine, session_factory=session_factory, redis=client,
-        aredis=redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=3,
-                                            health_check_interval=30),
+        aredis=async_redis_from_url(redis_url, socket_connect_timeout=3,
+                                    health_check_interval=30),
         celery=celery, artifacts=artifacts, observability=observability,
         rate_limiter=RateLimiter(client, per_minute=settings.rate_limit_per_minute),
         auth_throttle=AuthFailureThrottle(client,

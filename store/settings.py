@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from messaging.redis_url import with_sentinel_master
 from mlp_engine.spec import Limits
 from store.artifacts import DEFAULT_CACHE_MAX_BYTES
 
@@ -51,7 +52,14 @@ class CommonSettings(BaseSettings):
         description="default sqlite:///<data_dir>/mlp.db")
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"),
-        description="default none: standalone mode starts an embedded Redis")
+        description="default none: standalone mode starts an embedded Redis; "
+                    "redis://, rediss://, unix:// or Sentinel: "
+                    "sentinel://host1:26379;sentinel://host2:26379/0 (messaging.redis_url)")
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLP_REDIS_SENTINEL_MASTER", "redis_sentinel_master"),
+        description="the master group that the sentinels of a sentinel:// REDIS_URL watch; "
+                    "written into redis_url as ?master_name=, which every process passes on")
     artifacts_url: str | None = Field(
         default=None, validation_alias=AliasChoices("MLP_ARTIFACTS_URL", "artifacts_url"),
         description="default <data_dir>/artifacts; any fsspec URL, such as s3://bucket/prefix "
@@ -119,9 +127,9 @@ class CommonSettings(BaseSettings):
                     "in <data_dir>/key-hash-secret. Every API process and `mlpctl keys "
                     "create` of one deployment must see the same secret")
 
-    @field_validator("key_hash_secret", mode="before")
+    @field_validator("key_hash_secret", "redis_sentinel_master", mode="before")
     @classmethod
-    def _blank_secret_is_unset(cls, value: Any) -> Any:
+    def _blank_is_unset(cls, value: Any) -> Any:
         return blank_is_none(value)
 
     @field_validator("key_hash_secret")
@@ -143,8 +151,14 @@ class CommonSettings(BaseSettings):
         if not self.database_url.startswith(("sqlite", "postgres")):
             raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
         if self.redis_url is not None and not self.redis_url.startswith(
-                ("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+                ("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss://, unix:// or "
+                             "sentinel://")
+        if self.redis_url is not None:
+            self.redis_url = with_sentinel_master(self.redis_url, self.redis_sentinel_master)
+        elif self.redis_sentinel_master:
+            raise ValueError("MLP_REDIS_SENTINEL_MASTER is set, but REDIS_URL is not: set "
+                             "REDIS_URL=sentinel://host1:26379;sentinel://host2:26379/0")
         return self
 
     @classmethod

@@ -30,9 +30,13 @@ from mlpctl.standalone import Child, spawn, stop_children, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_S3 = ROOT / "docker-compose.s3.yml"  # the S3 variant, on top of COMPOSE
 DOCKERFILE = ROOT / "Dockerfile"
 GPU_BLOCK = re.compile(r"^# gpu-worker \(begin\).*?\n(.*?)^# gpu-worker \(end\)", re.S | re.M)
 TEST_KEY = "mlp_compose-test-key-0123456789abcdefghijklmnopq"
+TEST_MINIO_PASSWORD = "compose-test-minio-password"
+S3_VARIABLES = ("MLP_ARTIFACTS_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
 def compose_text(*, gpu: bool = False) -> str:
@@ -94,6 +98,80 @@ def test_docker_compose_accepts_the_file(gpu: bool, tmp_path: Path) -> None:
     # without a key, `up` stops at once and says what to set
     result = config()
     assert result.returncode != 0 and "MLP_API_KEY" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose is not installed (.ci/run installs it)")
+def test_docker_compose_accepts_the_s3_variant(tmp_path: Path) -> None:
+    """`-f docker-compose.yml -f docker-compose.s3.yml`: valid, and api and worker get the
+    S3 variables on top of everything else they had."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"MLP_API_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_USER",
+                        "MINIO_ROOT_PASSWORD"}}
+    argv = ["docker-compose", "-f", str(COMPOSE), "-f", str(COMPOSE_S3),
+            "--project-directory", str(ROOT), "config"]
+
+    def config(*flags: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *flags], capture_output=True, text=True,
+                              env={**env, **extra}, cwd=tmp_path, timeout=60)
+
+    secrets = {"MLP_API_KEY": TEST_KEY, "MINIO_ROOT_PASSWORD": TEST_MINIO_PASSWORD}
+    result = config("-q", **secrets)
+    assert result.returncode == 0, result.stderr
+    result = config("-q", MLP_API_KEY=TEST_KEY)  # MinIO needs its password: `up` says so
+    assert result.returncode != 0 and "MINIO_ROOT_PASSWORD" in result.stderr
+
+    merged = yaml.safe_load(config(**secrets).stdout)["services"]
+    assert {"proxy", "api", "worker", "redis", "postgres", "flower", "minio",
+            "minio-init"} <= set(merged)
+    base = services()
+    for name in ("api", "worker"):
+        got, before = merged[name]["environment"], base[name]["environment"]
+        assert got["MLP_ARTIFACTS_URL"] == "s3://mlp/artifacts"
+        assert got["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert got["AWS_ACCESS_KEY_ID"] == merged["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert got["AWS_SECRET_ACCESS_KEY"] == TEST_MINIO_PASSWORD
+        assert got["AWS_DEFAULT_REGION"]
+        # the rest as in the default file
+        assert got["REDIS_URL"] == before["REDIS_URL"] and got["MLP_DATA_DIR"] == "/data"
+        assert got["DATABASE_URL"].split("@")[1] == before["DATABASE_URL"].split("@")[1]
+        depends = merged[name]["depends_on"]
+        assert depends["minio-init"]["condition"] == "service_completed_successfully"
+        assert depends["redis"]["condition"] == depends["postgres"]["condition"] == \
+            "service_healthy"
+    assert merged["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_s3_variant_wiring() -> None:
+    """The S3 file: pinned MinIO images, the bucket its init creates is the one the
+    services use, and the settings accept what it sets. The default file has none of it."""
+    s3 = yaml.safe_load(COMPOSE_S3.read_text())["services"]
+    for name in ("minio", "minio-init"):
+        image = s3[name]["image"]
+        assert re.fullmatch(rf"minio/{'minio' if name == 'minio' else 'mc'}:RELEASE\.[\w-]+",
+                            image), f"{name}: pin a release tag, not {image!r}"
+    assert "latest" not in COMPOSE_S3.read_text()
+    env = s3["api"]["environment"]
+    assert s3["worker"]["environment"] == env
+    bucket = env["MLP_ARTIFACTS_URL"].removeprefix("s3://").split("/")[0]
+    init = " ".join(s3["minio-init"]["command"])
+    assert f"mc mb --ignore-existing local/{bucket}" in init
+    assert "http://minio:9000" in init and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert "9000" in s3["minio"]["expose"] and not any(
+        p.split(":")[-2] == "9000" for p in s3["minio"].get("ports", []))
+
+    from store.artifacts import s3_storage_options
+    from store.settings import CommonSettings
+
+    assert CommonSettings(artifacts_url=env["MLP_ARTIFACTS_URL"]).artifacts_url == \
+        "s3://mlp/artifacts"
+    options = s3_storage_options({k: str(v) for k, v in env.items()})
+    assert options["client_kwargs"] == {"endpoint_url": "http://minio:9000"}
+
+    for svc in services().values():  # the default stays on the local volume
+        assert not {v for v in S3_VARIABLES if v.startswith("AWS_")} & set(
+            svc.get("environment") or {})
+    assert services()["api"]["environment"]["MLP_ARTIFACTS_URL"] == "/data/artifacts"
 
 
 def test_compose_services_and_wiring() -> None:

@@ -42,6 +42,19 @@ def test_every_setting_is_in_the_configuration_table(cls: type) -> None:
     assert not missing, f"README's configuration table lacks {missing}"
 
 
+def test_scaling_guide_says_where_every_api_setting_goes() -> None:
+    """docs/scaling.md sorts every setting of the API (the common ones included) into
+    shared by all, the same in every replica, or per process; and the README links it."""
+    from service.settings import Settings
+
+    guide = (ROOT / "docs" / "scaling.md").read_text()
+    missing = [env_name(Settings, field) for field in Settings.model_fields
+               if f"`{env_name(Settings, field)}`" not in guide]
+    assert not missing, f"docs/scaling.md does not say where {missing} go"
+    running = README[README.index("## Running it for real"):README.index("## Configuration")]
+    assert "(docs/scaling.md)" in running
+
+
 def test_quick_start_has_the_two_commands() -> None:
     quick = README[README.index("## Quick start"):README.index("## A walk through")]
     blocks = re.findall(r"```bash\n(.*?)```", quick, re.S)
