@@ -97,6 +97,24 @@ def _findings_of(job: Any) -> list[Mapping[str, Any]]:
     return [f for f in findings if isinstance(f, Mapping) and f.get("epoch") is not None]
 
 
+def _responses(owner: str) -> dict[int | str, dict[str, Any]]:
+    """The answers of a picture route of a job or a sweep (`owner`)."""
+    return {
+        200: {"content": {media: {"schema": {"type": "string", "format": "binary"}}
+                          for media in MEDIA_TYPES.values()},
+              "description": f"the picture; `ETag` names its content, and a finished "
+                             f"{owner}'s pictures may be cached (`Cache-Control`)"},
+        304: {"description": "If-None-Match matched the ETag"},
+        404: {**_E, "description": f"no such {owner} for this API key, or no such plot for "
+                                   f"this {owner} (the message lists the plots it has)"},
+        422: {"model": ValidationErrorBody,
+              "description": "a format other than svg or png, or width/height out of range "
+                             "(`message` names the parameter)"},
+        503: {**_E, "description": "other plots are being drawn in this process "
+                                   "(Retry-After)"},
+    }
+
+
 _PLOT_LIST = ", ".join(f"`{name}`" for name in PLOTS)
 _DESCRIPTION = (
     "A picture of the job's epoch records, drawn on request: " + _PLOT_LIST + ". "
@@ -114,20 +132,7 @@ _DESCRIPTION = (
     "/{job_id}/plots/{name}.{format}", response_class=Response, operation_id="getJobPlot",
     summary="a plot of the job's metrics or diagnostics, as SVG or PNG",
     description=_DESCRIPTION,
-    responses={
-        200: {"content": {media: {"schema": {"type": "string", "format": "binary"}}
-                          for media in MEDIA_TYPES.values()},
-              "description": "the picture; `ETag` names its content, and a finished job's "
-                             "pictures may be cached (`Cache-Control`)"},
-        304: {"description": "If-None-Match matched the ETag"},
-        404: {**_E, "description": "no such job for this API key, or no such plot for this "
-                                   "job (the message lists the plots it has)"},
-        422: {"model": ValidationErrorBody,
-              "description": "a format other than svg or png, or width/height out of range "
-                             "(`message` names the parameter)"},
-        503: {**_E, "description": "other plots are being drawn in this process "
-                                   "(Retry-After)"},
-    })
+    responses=_responses("job"))
 def job_plot(job: JobDep, session: SessionDep,
              name: Annotated[str, Path(max_length=100,
                                        description="the plot: " + _PLOT_LIST)],
@@ -186,20 +191,7 @@ _SWEEP_PLOT_LIST = ", ".join(f"`{name}` ({plot.doc})" for name, plot in SWEEP_PL
     description="A picture of the sweep's trials, drawn on request: " + _SWEEP_PLOT_LIST
                 + ". A running sweep's plot shows its trials so far; any other name answers "
                   "404 listing the plots.",
-    responses={
-        200: {"content": {media: {"schema": {"type": "string", "format": "binary"}}
-                          for media in MEDIA_TYPES.values()},
-              "description": "the picture; `ETag` names its content, and a finished "
-                             "sweep's pictures may be cached (`Cache-Control`)"},
-        304: {"description": "If-None-Match matched the ETag"},
-        404: {**_E, "description": "no such sweep for this API key, or no such plot (the "
-                                   "message lists the plots)"},
-        422: {"model": ValidationErrorBody,
-              "description": "a format other than svg or png, or width/height out of range "
-                             "(`message` names the parameter)"},
-        503: {**_E, "description": "other plots are being drawn in this process "
-                                   "(Retry-After)"},
-    })
+    responses=_responses("sweep"))
 def sweep_plot(sweep: SweepDep, session: SessionDep,
                name: Annotated[str, Path(max_length=100, description="objective or parallel")],
                format: Annotated[Literal["svg", "png"], Path(description="svg or png")],
