@@ -81,16 +81,17 @@ def test_a_training_job_live_in_the_table_and_on_its_page_then_its_weights(
     sign_in(page, stack.base_url, account.key)
     job = account.client.submit(LIVE_SPEC)
     job_id = job["id"]
-    row = page.locator(f'tr[data-job-id="{job_id}"]')
-    row.wait_for(timeout=10_000)  # the table polls every 3 s
-    assert row.locator("td.name-cell").inner_text() == "moons-live"
 
-    # a second tab on the job's page (its own session storage: it signs in too)
+    # a second tab on the job's page (its own session storage: it signs in too), opened
+    # first: the table may take a poll (3 s) to show the job, the curve must see it train
     detail = page.context.new_page()
     detail_watch = type(watch)(detail)
     sign_in(detail, stack.base_url, account.key, f"#/jobs/{job_id}")
     detail.locator("#loss-chart svg").wait_for()
     assert detail.locator("#job-title").inner_text() == "moons-live"
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    row.wait_for(timeout=10_000)  # the table polls every 3 s
+    assert row.locator("td.name-cell").inner_text() == "moons-live"
 
     progress_seen: set[int] = set()
     points_seen: set[int] = set()

@@ -32,9 +32,10 @@ def operations(api: Stack) -> list[tuple[str, str, dict[str, Any]]]:
 def fill(path: str, job_id: str, owner: dict[str, Any]) -> str:
     """A route's path with the owner's objects (this job, and its dataset, webhook and
     sweep)."""
+    plot = "objective" if path.startswith("/v1/sweeps/") else "loss"  # one each has
     return (path.replace("{job_id}", job_id).replace("{dataset_id}", owner["dataset"])
             .replace("{webhook_id}", owner["webhook"]).replace("{sweep_id}", owner["sweep"])
-            .replace("{name}", "loss").replace("{format}", "svg"))
+            .replace("{name}", plot).replace("{format}", "svg"))
 
 
 def request_for(method: str, path: str) -> dict[str, Any]:
