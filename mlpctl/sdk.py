@@ -98,13 +98,7 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                body: Any = response.json()
-            except ValueError:
-                body = response.text
-            raise APIError(response.status_code,
-                           _message(body, response.reason_phrase or "error"), body)
+        _raise_for_status(response, fallback=response.reason_phrase or "error")
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -193,13 +187,7 @@ class Client:
         params = {"follow": "true", **({"since": since} if since is not None else {})}
         with self._http.stream("GET", f"/v1/jobs/{job_id}/logs", params=params,
                                timeout=httpx.Timeout(timeout, connect=10.0)) as response:
-            if response.status_code >= 400:
-                response.read()
-                try:
-                    body: Any = response.json()
-                except ValueError:
-                    body = response.text
-                raise APIError(response.status_code, _message(body, "error"), body)
+            _raise_for_status(response)
             yield from response.iter_lines()
 
     def model_card(self, job_id: str) -> dict[str, Any]:
@@ -295,13 +283,7 @@ class Client:
     def _sse(self, path: str, *, timeout: float | None) -> Iterator[tuple[str, Any]]:
         with self._http.stream("GET", path,
                                timeout=httpx.Timeout(timeout, connect=10.0)) as response:
-            if response.status_code >= 400:
-                response.read()
-                try:
-                    body: Any = response.json()
-                except ValueError:
-                    body = response.text
-                raise APIError(response.status_code, _message(body, "error"), body)
+            _raise_for_status(response)
             event, data = "message", list[str]()
             for line in response.iter_lines():
                 if not line:
@@ -369,3 +351,15 @@ class Webhooks:
     def ping(self, webhook_id: str) -> dict[str, Any]:
         """Queue a `ping` delivery; answers the delivery (follow it in `deliveries`)."""
         return self._client._json("POST", f"/v1/webhooks/{webhook_id}/ping")
+
+
+def _raise_for_status(response: httpx.Response, *, fallback: str = "error") -> None:
+    """APIError with the API's message (else `fallback`) for an answer that is an error,
+    streamed or not."""
+    if response.status_code >= 400:
+        response.read()  # a streamed answer's body, read here; nothing for the others
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        raise APIError(response.status_code, _message(body, fallback), body)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -40,8 +40,11 @@ if TYPE_CHECKING:
     from .settings import Settings
     from .sse import StreamSlots
 
+T = TypeVar("T")
+
 __all__ = [
     "release_connection",
+    "owned",
     "Services",
     "ServicesDep",
     "SessionDep",
@@ -163,23 +166,25 @@ def _refuse(services: Services, address: str, reason: str, message: str) -> NoRe
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
-def job_of_tenant(job_id: str, tenant: TenantDep, session: SessionDep) -> Job:
-    job = get_job_for_tenant(session, tenant.id, job_id)
+def owned(session: Session, row: T | None, kind: str, object_id: str) -> T:
+    """The end of every `<kind>_of_tenant` dependency: the connection back to the pool
+    (release_connection), then the tenant's row or 404 (another tenant's row is none)."""
     release_connection(session)
-    if job is None:
-        raise NotFound(f"no job '{job_id}' for this API key")
-    return job
+    if row is None:
+        raise NotFound(f"no {kind} '{object_id}' for this API key")
+    return row
+
+
+def job_of_tenant(job_id: str, tenant: TenantDep, session: SessionDep) -> Job:
+    return owned(session, get_job_for_tenant(session, tenant.id, job_id), "job", job_id)
 
 
 JobDep = Annotated[Job, Depends(job_of_tenant)]
 
 
 def dataset_of_tenant(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Dataset:
-    dataset = get_dataset_for_tenant(session, tenant.id, dataset_id)
-    release_connection(session)
-    if dataset is None:
-        raise NotFound(f"no dataset '{dataset_id}' for this API key")
-    return dataset
+    return owned(session, get_dataset_for_tenant(session, tenant.id, dataset_id), "dataset",
+                 dataset_id)
 
 
 DatasetDep = Annotated[Dataset, Depends(dataset_of_tenant)]

@@ -57,7 +57,7 @@ from ..schemas import (
 from ..specs import request_hash, resolve_for_tenant
 from ..sse import format_log_line, job_event_stream, job_log_stream, stream_owner
 
-__all__ = ["router"]
+__all__ = ["router", "etag_matches"]
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def _require_success(job: Job, what: str) -> None:
         raise Conflict(f"job {job.id} failed; {what} exist only once a job has succeeded")
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
+def etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     if header.strip() == "*":
@@ -345,7 +345,7 @@ def weights(job: JobDep, services: ServicesDep,
         uri, sha, suffix = job.weights_uri, job.weights_sha256, "safetensors"
     assert uri is not None
     etag = f'"{sha}"'
-    if sha and _etag_matches(if_none_match, etag):
+    if sha and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     path = services.artifacts.local_path(uri, sha256=sha)
     headers = {"ETag": etag} if sha else {}

@@ -33,7 +33,7 @@ from ..plots import (
 )
 from ..schemas import ErrorBody, ValidationErrorBody
 from ..sweep_plots import SWEEP_PLOTS, SweepPlotInput, TrialLine, render_sweep, sweep_plot_etag
-from .jobs import _etag_matches  # one reading of If-None-Match for every download
+from .jobs import etag_matches  # one reading of If-None-Match for every download
 from .sweeps import SweepDep
 
 __all__ = ["router", "sweep_router"]
@@ -97,6 +97,13 @@ def _findings_of(job: Any) -> list[Mapping[str, Any]]:
     return [f for f in findings if isinstance(f, Mapping) and f.get("epoch") is not None]
 
 
+# the size of a picture and the ETag a client has, as every picture route reads them
+Width = Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
+                             description="in pixels (the SVG's size at 100 dpi)")]
+Height = Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS, description="in pixels")]
+IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
+
+
 def _responses(owner: str) -> dict[int | str, dict[str, Any]]:
     """The answers of a picture route of a job or a sweep (`owner`)."""
     return {
@@ -137,13 +144,8 @@ def job_plot(job: JobDep, session: SessionDep,
              name: Annotated[str, Path(max_length=100,
                                        description="the plot: " + _PLOT_LIST)],
              format: Annotated[Literal["svg", "png"], Path(description="svg or png")],
-             width: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
-                                         description="in pixels (the SVG's size at 100 dpi)")
-                              ] = DEFAULT_WIDTH,
-             height: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
-                                          description="in pixels")] = DEFAULT_HEIGHT,
-             if_none_match: Annotated[str | None, Header(max_length=1000)] = None
-             ) -> Response:
+             width: Width = DEFAULT_WIDTH, height: Height = DEFAULT_HEIGHT,
+             if_none_match: IfNoneMatch = None) -> Response:
     finished = job.status in TERMINAL
     data = PlotInput(records=get_metrics(session, job.id), spec=job.spec or {},
                      findings=_findings_of(job), job_title=job.name or job.id)
@@ -168,7 +170,7 @@ def _picture(etag: str, format: str, *, finished: bool, if_none_match: str | Non
     headers = {"ETag": etag,
                "Cache-Control": f"private, max-age={_FINISHED_MAX_AGE_S}" if finished
                else "no-cache"}
-    if _etag_matches(if_none_match, etag):
+    if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     body = _CACHE.get(etag)
     if body is None:
@@ -195,13 +197,8 @@ _SWEEP_PLOT_LIST = ", ".join(f"`{name}` ({plot.doc})" for name, plot in SWEEP_PL
 def sweep_plot(sweep: SweepDep, session: SessionDep,
                name: Annotated[str, Path(max_length=100, description="objective or parallel")],
                format: Annotated[Literal["svg", "png"], Path(description="svg or png")],
-               width: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
-                                           description="in pixels (the SVG's size at 100 dpi)")
-                                ] = DEFAULT_WIDTH,
-               height: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS,
-                                            description="in pixels")] = DEFAULT_HEIGHT,
-               if_none_match: Annotated[str | None, Header(max_length=1000)] = None
-               ) -> Response:
+               width: Width = DEFAULT_WIDTH, height: Height = DEFAULT_HEIGHT,
+               if_none_match: IfNoneMatch = None) -> Response:
     if name not in SWEEP_PLOTS:
         raise NotFound(f"sweep {sweep.id} has no plot '{name}'; its plots are "
                        f"{', '.join(SWEEP_PLOTS)} (as .svg or .png)")

@@ -42,8 +42,8 @@ from store.sweeps import (
     trials_of,
 )
 
-from ..deps import ServicesDep, SessionDep, TenantDep, release_connection
-from ..errors import Conflict, InvalidInput, NotFound, Unavailable
+from ..deps import ServicesDep, SessionDep, TenantDep, owned
+from ..errors import Conflict, InvalidInput, Unavailable
 from ..schemas import (
     SWEEP_EXAMPLES,
     ErrorBody,
@@ -75,11 +75,8 @@ _INVALID: dict[int | str, dict[str, Any]] = {
 
 
 def sweep_of_tenant(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Sweep:
-    sweep = get_sweep_for_tenant(session, tenant.id, sweep_id)
-    release_connection(session)
-    if sweep is None:
-        raise NotFound(f"no sweep '{sweep_id}' for this API key")
-    return sweep
+    return owned(session, get_sweep_for_tenant(session, tenant.id, sweep_id), "sweep",
+                 sweep_id)
 
 
 SweepDep = Annotated[Sweep, Depends(sweep_of_tenant)]

@@ -20,8 +20,7 @@ from store.webhooks import (
     record_ping,
 )
 
-from ..deps import ServicesDep, SessionDep, TenantDep, release_connection
-from ..errors import NotFound
+from ..deps import ServicesDep, SessionDep, TenantDep, owned
 from ..schemas import (
     DeliveryList,
     DeliveryPublic,
@@ -44,11 +43,8 @@ _NOT_FOUND: Responses = {404: {**_E, "description": "no such webhook for this AP
 
 
 def webhook_of_tenant(webhook_id: str, tenant: TenantDep, session: SessionDep) -> Webhook:
-    webhook = get_webhook_for_tenant(session, tenant.id, webhook_id)
-    release_connection(session)
-    if webhook is None:
-        raise NotFound(f"no webhook '{webhook_id}' for this API key")
-    return webhook
+    return owned(session, get_webhook_for_tenant(session, tenant.id, webhook_id), "webhook",
+                 webhook_id)
 
 
 WebhookDep = Annotated[Webhook, Depends(webhook_of_tenant)]
