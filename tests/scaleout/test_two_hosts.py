@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import statistics
 import threading
 import time
@@ -101,6 +102,10 @@ def test_jobs_train_on_host_b_and_resume_on_host_a_from_s3(hosts: TwoHosts) -> N
         job = wait_for(lambda: (j := hosts.job(job_id)).checkpoint_epoch and
                        j.checkpoint_epoch >= 10 and j.epoch >= 12 and j, 120, 0.02,
                        "two checkpoints written on host B")
+        # host B stops at once (SIGSTOP of its process groups): the job cannot finish while
+        # the test looks at where it ran and what S3 holds
+        for proc in b_workers:
+            os.killpg(proc.pid, signal.SIGSTOP)
         assert hosts.host_of_pid(_pid_of(job.worker_id)) == "B"
         assert any(k.startswith(f"artifacts/{job.checkpoint_uri}") or k.endswith(
             str(job.checkpoint_uri)) for k in hosts.s3_keys(f"artifacts/jobs/{job_id}/"))
