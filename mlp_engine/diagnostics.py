@@ -52,25 +52,17 @@ def gradient_norms(model: MLP) -> list[float]:
     return weight_grad_norms(model).tolist()
 
 
-def _activation_inputs(model: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor],
-                                                              list[torch.Tensor]]:
-    """Per hidden layer: the activation's input (pre-activation) and output."""
-    pre: list[torch.Tensor] = []
+def _hidden_activations(model: MLP, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each hidden layer's activation output for the rows `x`, the blocks called one by one
+    (forward hooks would send every call down nn.Module's slow path: 2.4x the forward's time
+    for digits 64-64-64-10); the output layer is not needed and not run."""
     post: list[torch.Tensor] = []
-
-    def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        pre.append(inputs[0])
-        post.append(output)
-
-    hooks = []
-    for act in _activations(model):
-        hooks.append(act.register_forward_hook(keep))
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return pre, post
+    for block, act in zip(model.hidden, _activations(model), strict=True):
+        for module in cast(nn.Sequential, block):
+            x = module(x)
+            if module is act:
+                post.append(x)
+    return post
 
 
 @torch.no_grad()
@@ -80,19 +72,27 @@ def activation_stats(model: MLP, x: torch.Tensor) -> dict[str, list[float]]:
     was_training = model.training
     model.eval()
     try:
-        _, post = _activation_inputs(model, x[:SAMPLE_ROWS])
+        post = _hidden_activations(model, x[:SAMPLE_ROWS])
     finally:
         model.train(was_training)
     if not post:
         return {"activation_mean": [], "activation_std": [], "dead_fraction": [],
                 "saturated_fraction": []}
-    rows = torch.stack([torch.stack([a.mean(), a.std(unbiased=False),
-                                     (a.abs() < 1e-12).all(dim=0).float().mean()]) for a in post])
+    rows = torch.stack([torch.stack([a.mean(), a.std(unbiased=False), _dead(a)])
+                        for a in post])
     mean, std, dead = rows.T.tolist()
     saturated = [_saturated_fraction(act, a) for act, a in
                  zip(_activations(model), post, strict=True)]
     return {"activation_mean": mean, "activation_std": std, "dead_fraction": dead,
             "saturated_fraction": saturated}
+
+
+def _dead(a: torch.Tensor) -> torch.Tensor:
+    """The fraction of units (columns) that are exactly 0 (|a| < 1e-12) on every row: the
+    column's largest |a| below it (one reduction, a fifteenth of comparing every entry)."""
+    if a.shape[0] == 0:
+        return torch.ones((), dtype=a.dtype, device=a.device)
+    return (a.abs().amax(dim=0) < 1e-12).to(a.dtype).mean()
 
 
 # where the derivative is below this fraction of its peak, an activation is in a flat tail

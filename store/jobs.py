@@ -40,6 +40,7 @@ __all__ = [
     "claim_job",
     "renew_lease",
     "record_epochs",
+    "add_epochs",
     "get_metrics",
     "finish_job",
     "request_cancel",
@@ -448,9 +449,21 @@ def record_epochs(
     otherwise. The check is a conditional UPDATE of the job row, so the row stays locked
     until this transaction commits and a concurrent take-over waits for it.
     """
-    records = [json_safe(r) for r in records]
     if worker_id is not None and not hold_job(session, job_id, worker_id):
         return False
+    if not add_epochs(session, job_id, records, checkpoint_uri=checkpoint_uri,
+                      checkpoint_epoch=checkpoint_epoch):
+        return False
+    session.commit()
+    return True
+
+
+def add_epochs(session: Session, job_id: str, records: Sequence[dict[str, Any]], *,
+               checkpoint_uri: str | None = None, checkpoint_epoch: int | None = None) -> bool:
+    """The writes of `record_epochs` in the caller's transaction, without its lease check
+    or commit (the caller holds the job: store.locks.hold_job or hold_jobs); False when
+    the job is gone."""
+    records = [json_safe(r) for r in records]
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return False
@@ -469,7 +482,6 @@ def record_epochs(
         job.checkpoint_uri = checkpoint_uri
         job.checkpoint_epoch = checkpoint_epoch
     job.updated_at = utcnow()
-    session.commit()
     return True
 
 
@@ -494,9 +506,11 @@ def finish_job(
     summary_updates: dict[str, Any] | None = None,
     worker_id: str | None = None,
     now: datetime | None = None,
+    commit: bool = True,
 ) -> bool:
     """Move a job to a terminal status; False when it is already terminal (or, with
-    `worker_id`, when that worker no longer holds it).
+    `worker_id`, when that worker no longer holds it). `commit=False`: the caller commits
+    (the trials of a pack end in one transaction).
 
     `error`: (type, message) or {"type", "message"}. `weights`: any of `uri`, `bytes`,
     `sha256`, `pt_uri`, `pt_bytes`, `pt_sha256`.
@@ -528,7 +542,8 @@ def finish_job(
     if done:
         session.flush()
         record_job_event(session, job_id, status)
-    session.commit()
+    if commit:
+        session.commit()
     return done
 
 

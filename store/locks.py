@@ -7,6 +7,7 @@ write inserts first and checks after, while it holds the database's write lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from .models import Job, JobStatus, utcnow
 
-__all__ = ["lock_row", "hold_job"]
+__all__ = ["lock_row", "hold_job", "hold_jobs"]
 
 
 def lock_row(session: Session, model: Any, row_id: str) -> bool:
@@ -40,3 +41,17 @@ def hold_job(session: Session, job_id: str, worker_id: str | None) -> bool:
         session.rollback()
         return False
     return True
+
+
+def hold_jobs(session: Session, job_ids: Sequence[str], worker_id: str) -> set[str]:
+    """`hold_job` for several jobs of one worker in one conditional UPDATE (the trials of a
+    pack, worker.pack_book): the ids of those it holds, locked as hold_job locks one. Those
+    it does not hold are not touched, so nothing is rolled back: the caller writes for the
+    others and commits."""
+    if not job_ids:
+        return set()
+    q = (update(Job).where(Job.id.in_(sorted(job_ids)), Job.worker_id == worker_id,
+                           Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+         .values(updated_at=utcnow()).returning(Job.id)
+         .execution_options(synchronize_session=False))
+    return set(session.scalars(q))

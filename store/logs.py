@@ -28,6 +28,7 @@ from .models import JobLogLine, utcnow
 __all__ = [
     "LogLine",
     "append_log_lines",
+    "add_log_lines",
     "get_log_lines",
     "last_line_no",
     "clean_message",
@@ -84,6 +85,16 @@ def append_log_lines(
     # held until the commit: the numbers read next are not taken by anyone else meanwhile
     if not hold_job(session, job_id, worker_id):
         return None
+    last = add_log_lines(session, job_id, lines, max_lines=max_lines, max_chars=max_chars)
+    session.commit()
+    return last
+
+
+def add_log_lines(session: Session, job_id: str, lines: Sequence[LogLine], *,
+                  max_lines: int = MAX_LINES_PER_JOB, max_chars: int = MAX_LINE_CHARS) -> int:
+    """The writes of `append_log_lines` in the caller's transaction, without its lease
+    check or commit (the caller holds the job row: store.locks.hold_job or hold_jobs): the
+    number of the job's last line now."""
     last = last_line_no(session, job_id)
     room = max(0, max_lines - last)
     rows = [{"job_id": job_id, "line_no": last + i + 1, "created_at": line.created_at,
@@ -96,7 +107,6 @@ def append_log_lines(
     if rows:
         session.execute(insert(JobLogLine), rows)
         last = rows[-1]["line_no"]
-    session.commit()
     return last
 
 

@@ -42,6 +42,7 @@ from .lease import Heartbeat
 
 if TYPE_CHECKING:  # pragma: no cover
     from .job_log import JobLog
+    from .pack_book import PackBook
 
 __all__ = ["FindingWriter", "JobLedger", "CheckpointWriter", "MetricsRecorder", "EventPublisher",
            "StopWatcher", "Heartbeat", "LeaseLost", "checkpoint_key"]
@@ -102,7 +103,7 @@ class JobLedger:
     def write(self, history: Sequence[dict[str, Any]], *,
               checkpoint: tuple[str, int] | None = None) -> None:
         """Write the unwritten records (and a new checkpoint's key) in one transaction."""
-        records = [r for r in history if int(r["epoch"]) > self.recorded_through]
+        records = self.unwritten(history)
         if not records and checkpoint is None:
             return
         uri, epoch = checkpoint if checkpoint else (None, None)
@@ -112,10 +113,19 @@ class JobLedger:
         if self.worker_id is not None and not held:
             raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker_id}; "
                             "nothing of this attempt was recorded after its lease lapsed")
-        if records:
-            self.recorded_through = max(int(r["epoch"]) for r in records)
+        self.wrote(records)
         if uri is not None:
             self.checkpoint = uri
+
+    def unwritten(self, history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records of `history` this ledger has not written."""
+        return [r for r in history if int(r["epoch"]) > self.recorded_through]
+
+    def wrote(self, records: Sequence[dict[str, Any]]) -> None:
+        """`records` are in the database now (written here, or by worker.pack_book)."""
+        if records:
+            self.recorded_through = max(self.recorded_through,
+                                        max(int(r["epoch"]) for r in records))
         self.last_write = time.monotonic()
 
 
@@ -175,18 +185,35 @@ class CheckpointWriter(Callback):
 class MetricsRecorder(Callback):
     """Writes the epoch records CheckpointWriter did not, in batches: at most one write per
     `flush_s`, and whatever is left when training ends, however it ends (but a lost lease:
-    the job is another worker's then)."""
+    the job is another worker's then).
 
-    def __init__(self, ledger: JobLedger, *, flush_s: float = 1.0) -> None:
+    With `book` (a trial of a pack, worker.pack_book) the book writes them, for all the
+    pack's trials in one transaction: at most once per its flush interval, and what is
+    left once the pack has trained (worker.packs), before any trial's end."""
+
+    def __init__(self, ledger: JobLedger, *, flush_s: float = 1.0,
+                 book: PackBook | None = None) -> None:
         self.ledger = ledger
         self.flush_s = flush_s
+        self.book = book
+
+    def on_train_begin(self, state: TrainState) -> None:
+        if self.book is not None:
+            self.book.note(self.ledger.job_id, state.history)
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        if time.monotonic() - self.ledger.last_write >= self.flush_s:
+        if self.book is not None:
+            self.book.note(self.ledger.job_id, state.history)
+            self.book.maybe_flush()
+            if self.book.lost(self.ledger.job_id):
+                raise LeaseLost(f"job {self.ledger.job_id} is no longer held by "
+                                f"{self.ledger.worker_id}; nothing of this attempt was "
+                                "recorded after its lease lapsed")
+        elif time.monotonic() - self.ledger.last_write >= self.flush_s:
             self.ledger.write(state.history)
 
     def on_train_end(self, state: TrainState, error: BaseException | None) -> None:
-        if not isinstance(error, LeaseLost):
+        if self.book is None and not isinstance(error, LeaseLost):
             self.ledger.write(state.history)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -38,6 +38,9 @@ from store.models import utcnow
 
 __all__ = ["JobLog", "JobLogRecorder", "LogLimits", "job_logger", "epoch_summary",
            "error_lines", "JOB_LOGGER", "WATCHED_LOGGERS"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pack_book import PackBook
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +116,7 @@ class JobLog(logging.Handler):
         """Write the lines kept so far, in one lease-fenced transaction; False once this
         worker no longer holds the job (the lines are dropped, and so are later ones). A
         database error keeps them for the next save: a log line never fails a job."""
-        self.last_save = time.monotonic()
-        with self._lock():
-            lines, self._pending = self._pending, []
+        lines = self.take()
         if not lines or self.lease_lost:
             return not self.lease_lost
         try:
@@ -124,11 +125,30 @@ class JobLog(logging.Handler):
                                         max_lines=self.limits.max_lines,
                                         max_chars=self.limits.max_chars)
         except SQLAlchemyError as exc:
-            log.warning("job %s: could not write %d log lines (kept for the next try): %s",
-                        self.job_id, len(lines), exc)
-            with self._lock():
-                self._pending[:0] = lines[:self.limits.max_lines + 1 - len(self._pending)]
+            self.put_back(lines, exc)
             return True
+        return self.saved(last)
+
+    # the steps of a save, for a writer that saves several jobs' lines in one transaction
+    # (worker.pack_book)
+
+    def take(self) -> list[LogLine]:
+        """The lines kept so far, no longer kept (to be written by the caller)."""
+        self.last_save = time.monotonic()
+        with self._lock():
+            lines, self._pending = self._pending, []
+        return lines
+
+    def put_back(self, lines: list[LogLine], exc: Exception) -> None:
+        """Keep `lines` (taken, not written: the database failed) for the next save."""
+        log.warning("job %s: could not write %d log lines (kept for the next try): %s",
+                    self.job_id, len(lines), exc)
+        with self._lock():
+            self._pending[:0] = lines[:self.limits.max_lines + 1 - len(self._pending)]
+
+    def saved(self, last: int | None) -> bool:
+        """Taken lines were written (`last`: the number of the job's last line now), or
+        None: the job is no longer this worker's, and nothing more will be written."""
         if last is None:
             self.lease_lost = True
             return False
@@ -285,19 +305,28 @@ def _shapes(state: TrainState) -> str:
 class JobLogRecorder(Callback):
     """Says what training does in the job's log (the data's shapes at the start, a summary
     per epoch, an early stop) and saves the log at most once per `flush_s` (at the first
-    epoch's start always, so that a follower sees the start at once)."""
+    epoch's start always, so that a follower sees the start at once).
 
-    def __init__(self, job_log: JobLog, *, flush_s: float = 1.0) -> None:
+    With `book` (a trial of a pack) the book saves it with the other trials' logs and
+    records, in one transaction (worker.pack_book; its first save is at the pack's first
+    epoch end)."""
+
+    def __init__(self, job_log: JobLog, *, flush_s: float = 1.0,
+                 book: PackBook | None = None) -> None:
         self.job_log = job_log
         self.flush_s = flush_s
+        self.book = book
 
     def on_train_begin(self, state: TrainState) -> None:
         self.job_log.info(_shapes(state))
-        self.job_log.save()
+        if self.book is None:
+            self.job_log.save()
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
         self.job_log.info(epoch_summary(record, state.spec.training.epochs))
-        if time.monotonic() - self.job_log.last_save >= self.flush_s:
+        if self.book is not None:
+            self.book.maybe_flush()
+        elif time.monotonic() - self.job_log.last_save >= self.flush_s:
             self.job_log.save()
 
     def on_train_end(self, state: TrainState, error: BaseException | None) -> None:

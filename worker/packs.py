@@ -15,27 +15,35 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
+from messaging.live_events import publish_status
 from mlp_engine.errors import NotPackable, SpecError
+from store.jobs import finish_job
+from store.locks import hold_jobs
+from store.logs import add_log_lines
 from store.models import Job, JobStatus
 
 from .errors import LeaseLost
 from .job_log import JobLog
 from .lease import Heartbeat
 from .memory_limit import job_memory_limit
+from .pack_book import PackBook
 from .runner import (
+    Ending,
     _load_checkpoint,
     _load_data,
     _pick_device,
     _say_start,
     _use_device,
     claim,
-    conclude,
     conclude_error,
+    decide_ending,
     job_callbacks,
     log_training_starts,
 )
@@ -135,6 +143,8 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
         live.append((job, spec, job_log, heartbeat))
     callbacks: dict[str, list[Callback]] = {}
     resumes: dict[str, dict[str, Any] | None] = {}
+    book = PackBook(ctx.session_factory, worker_id=ctx.worker_id, limits=ctx.log_limits,
+                    flush_s=ctx.settings.metrics_flush_s)
     try:
         with job_memory_limit(ctx.settings.max_job_memory_bytes):
             x, y = _load_data(ctx, live[0][0]) if live else (None, None)
@@ -146,7 +156,8 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
                         statuses[job.id] = conclude_error(ctx, job.id, exc, [], job_log)
                         continue
                 callbacks[job.id] = job_callbacks(job, spec=spec, ctx=ctx,
-                                                  heartbeat=heartbeat, job_log=job_log)
+                                                  heartbeat=heartbeat, job_log=job_log,
+                                                  book=book)
             live = [t for t in live if t[0].id in callbacks]
             for job, *_ in live:
                 log_training_starts(ctx, job, resumes[job.id],
@@ -157,22 +168,71 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
                                   resume=[resumes[j.id] for j, *_ in live], device="cpu",
                                   num_threads=ctx.num_threads, limits=ctx.settings.limits())
             del x, y
+        book.flush()  # every trial's last records and lines, before any trial ends
     except Exception as exc:  # noqa: BLE001 - no trial's own (the data, memory): it ends all
+        with contextlib.suppress(SQLAlchemyError):  # what the trials did is kept if it can be
+            book.flush()
         for job, _, job_log, _ in live:
             if job.id not in statuses:
                 with job_log.speaking():
                     statuses[job.id] = conclude_error(ctx, job.id, exc,
                                                       callbacks.get(job.id, []), job_log)
         return statuses
+    endings: list[tuple[Job, JobLog, Ending]] = []
     for (job, spec, job_log, _), outcome in zip(live, outcomes, strict=True):
         cbs = callbacks[job.id]
         with job_log.speaking():
             try:
-                statuses[job.id] = conclude(ctx, job.id, spec, outcome.unwrap(), cbs, job_log)
+                endings.append((job, job_log, decide_ending(ctx, job.id, spec,
+                                                            outcome.unwrap(), cbs)))
             except LeaseLost:
                 log.warning("job %s: lease lost to another worker; this attempt stops",
                             job.id)
                 statuses[job.id] = "lease_lost"
             except Exception as exc:  # noqa: BLE001 - every outcome must reach the database
                 statuses[job.id] = conclude_error(ctx, job.id, exc, cbs, job_log)
+    statuses.update(_finish_together(ctx, endings))
     return statuses
+
+
+def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending]]
+                     ) -> dict[str, str]:
+    """What `conclude` writes for one job in two transactions (its last log lines, then its
+    end), for every trial that ended in one: fenced by the lease as each lone write is (a
+    trial another worker holds gets neither). Then each end's status event. The trials'
+    statuses, by job id."""
+    if not endings:
+        return {}
+    taken = [(job, job_log, [] if job_log.lease_lost else job_log.take(), ending)
+             for job, job_log, ending in endings]
+    limits = ctx.log_limits
+    try:
+        with ctx.session_factory() as session:
+            held = hold_jobs(session, [job.id for job, *_ in taken], ctx.worker_id)
+            lasts = {job.id: add_log_lines(session, job.id, lines, max_lines=limits.max_lines,
+                                           max_chars=limits.max_chars)
+                     for job, _, lines, _ in taken if lines and job.id in held}
+            done = [job.id for job, _, _, ending in taken if job.id in held and finish_job(
+                session, job.id, ending.status, worker_id=ctx.worker_id, commit=False,
+                **ending.details)]
+            session.commit()
+            statuses = dict(session.execute(
+                select(Job.id, Job.status).where(Job.id.in_([j.id for j, *_ in taken]))).all())
+    except SQLAlchemyError as exc:
+        for _, job_log, lines, _ in taken:
+            if lines:
+                job_log.put_back(lines, exc)
+        raise
+    for job, job_log, lines, _ in taken:
+        if lines:
+            job_log.saved(lasts.get(job.id))
+    if ctx.redis is not None:
+        for job_id in done:
+            publish_status(ctx.redis, _Ended(job_id, statuses[job_id]))
+    return {job.id: str(statuses.get(job.id, "missing")) for job, *_ in taken}
+
+
+@dataclass(frozen=True)
+class _Ended:  # what publish_status reads of a job
+    id: str
+    status: str

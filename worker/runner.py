@@ -51,8 +51,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlp_engine.callbacks import Callback
     from mlp_engine.spec import JobSpec
 
+    from .pack_book import PackBook
+
 __all__ = ["run_job", "job_callbacks", "WorkerContext", "classify_error", "claim",
-           "conclude", "conclude_error", "log_training_starts"]
+           "conclude", "conclude_error", "decide_ending", "Ending", "log_training_starts"]
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +316,29 @@ def log_training_starts(ctx: WorkerContext, job: Job, resume: dict[str, Any] | N
              job.attempts, int(resume["epoch"]) if resume else 0, ctx.worker_id, note)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a job whose training returned ends: its terminal status and what finish_job
+    stores with it (weights, error, summary updates)."""
+
+    status: str
+    details: dict[str, Any]
+
+
 def conclude(ctx: WorkerContext, job_id: str, spec: JobSpec, result: Any,
              callbacks: list[Callback], job_log: JobLog) -> str:
     """End a job whose training returned: its weights written, then succeeded, pruned (a
     sweep's early stopping) or failed by a rule of diagnostics.stop_on. The job's status."""
+    ending = decide_ending(ctx, job_id, spec, result, callbacks)
+    job_log.save()  # before the finish, while this worker still holds the job
+    return _finish(ctx, job_id, ending.status, **ending.details)
+
+
+def decide_ending(ctx: WorkerContext, job_id: str, spec: JobSpec, result: Any,
+                  callbacks: list[Callback]) -> Ending:
+    """`conclude` but the writes to the job row: the weights written, the ending said in
+    the job's log (the calling context's), the status and details to finish with (the
+    trials of a pack finish together: worker.packs)."""
     stopped_by = _rule_stop(callbacks)
     # a job a rule stopped keeps the weights of its last epoch (none before the first)
     weights = _write_weights(ctx, job_id, result) if result.history or \
@@ -326,20 +347,17 @@ def conclude(ctx: WorkerContext, job_id: str, spec: JobSpec, result: Any,
     if result.best_epoch is not None:
         updates["best_epoch"] = result.best_epoch
     if stopped_by is not None:
-        return _finish_by_rule(ctx, job_log, stopped_by, weights=weights,
-                               summary_updates=updates)
+        _say_rule_stop(stopped_by)
+        return Ending(JobStatus.FAILED, {"error": ("rule", str(stopped_by["message"])),
+                                         "weights": weights, "summary_updates": updates})
     pruned = _pruned_by(callbacks)
     if pruned is not None:  # a sweep's early stopping (SPEC 9): metrics and weights kept
         job_logger.info("%s", pruned)
-        job_log.save()
-        return _finish(ctx, job_id, JobStatus.PRUNED, weights=weights,
-                       summary_updates=updates)
+        return Ending(JobStatus.PRUNED, {"weights": weights, "summary_updates": updates})
     job_logger.info("succeeded after epoch %s of %s",
                     result.history[-1]["epoch"] if result.history else 0,
                     spec.training.epochs)
-    job_log.save()  # before the finish, while this worker still holds the job
-    return _finish(ctx, job_id, JobStatus.SUCCEEDED, weights=weights,
-                   summary_updates=updates)
+    return Ending(JobStatus.SUCCEEDED, {"weights": weights, "summary_updates": updates})
 
 
 def conclude_error(ctx: WorkerContext, job_id: str, exc: Exception,
@@ -368,13 +386,17 @@ def _finish_by_rule(ctx: WorkerContext, job_log: JobLog, finding: dict[str, Any]
                     **kwargs: Any) -> str:
     """End a job that a rule of diagnostics.stop_on stopped: failed, error type "rule"
     with the finding's message (SPEC 8)."""
+    _say_rule_stop(finding)
+    job_log.save()
+    return _finish(ctx, job_log.job_id, JobStatus.FAILED,
+                   error=("rule", str(finding["message"])), **kwargs)
+
+
+def _say_rule_stop(finding: dict[str, Any]) -> None:
     when = (f"at epoch {finding['epoch']}" if finding.get("epoch") is not None
             else "before training")
     job_logger.error("stopped by rule %s (diagnostics.stop_on) %s: %s", finding["rule"], when,
                      finding["message"])
-    job_log.save()
-    return _finish(ctx, job_log.job_id, JobStatus.FAILED,
-                   error=("rule", str(finding["message"])), **kwargs)
 
 
 def _rule_stop(callbacks: list[Callback]) -> dict[str, Any] | None:
@@ -401,8 +423,8 @@ def _describe_device(device: str, threads: int | None) -> str:
 
 
 def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
-                  heartbeat: Heartbeat | None = None,
-                  job_log: JobLog | None = None) -> list[Callback]:
+                  heartbeat: Heartbeat | None = None, job_log: JobLog | None = None,
+                  book: PackBook | None = None) -> list[Callback]:
     """The callbacks one attempt of `job` hands to `fit`, in the order they run.
 
     The findings rules come first (mlp_engine.rule_monitor.RuleMonitor, writing through
@@ -415,13 +437,16 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
     that finished is kept even when training stops right after it. With `job_log`, the
     job's log says each epoch too (JobLogRecorder, before the stop check). A sweep's trial
     whose sweep has early stopping gets worker.sweeps.trial_pruner's TrialPruner, after
-    the records are written and before the stop check.
+    the records are written and before the stop check. With `book`, a trial of a pack: the
+    pack's book writes its records and log with the other trials' (worker.pack_book).
     """
     s = ctx.settings
     # records up to job.epoch are in the database already (an earlier attempt's)
     ledger = JobLedger(job_id=job.id, session_factory=ctx.session_factory,
                        worker_id=ctx.worker_id, recorded_through=job.epoch,
                        checkpoint=job.checkpoint_uri)
+    if book is not None:
+        book.join(ledger, job_log)
     from mlp_engine.rule_monitor import RuleMonitor
 
     monitor = RuleMonitor(
@@ -437,9 +462,9 @@ def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
         CheckpointWriter(ledger, artifacts=ctx.artifacts, attempt=job.attempts,
                          every=spec.training.checkpoint_every,
                          interval_s=s.checkpoint_interval_s),
-        MetricsRecorder(ledger, flush_s=s.metrics_flush_s),
+        MetricsRecorder(ledger, flush_s=s.metrics_flush_s, book=book),
         EventPublisher(ctx.redis, job_id=job.id, after_epoch=job.epoch),
-        *([JobLogRecorder(job_log, flush_s=s.metrics_flush_s)] if job_log else []),
+        *([JobLogRecorder(job_log, flush_s=s.metrics_flush_s, book=book)] if job_log else []),
         *([pruner] if pruner is not None else []),
         StopWatcher(ctx.redis, job_id=job.id, heartbeat=heartbeat, poll_s=s.cancel_poll_s),
     ]
