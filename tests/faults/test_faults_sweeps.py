@@ -106,7 +106,8 @@ def test_kill_9_of_the_api_and_a_worker_mid_sweep_loses_no_trial_and_runs_none_t
     for trial_id, checkpoint in killed.items():
         starts = re.findall(rf"job {trial_id}: training starts \(attempt \d+, from epoch "
                             r"(\d+)", stack.worker_logs())
-        assert len(starts) == 2 and starts[0] == "0" and int(starts[1]) == checkpoint, starts
+        # (the workers' logs one after another: not in time order)
+        assert sorted(int(e) for e in starts) == sorted([0, checkpoint]), starts
     assert killed[victim.id] >= 3
 
     # the same sweep with the same seed, unbroken, proposes the same trials

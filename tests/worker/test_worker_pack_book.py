@@ -1,0 +1,131 @@
+"""worker.pack_book.PackBook: the records and log lines of a pack's trials written together,
+one transaction per flush, fenced by each trial's lease, on the real database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from store import jobs
+from store.logs import get_log_lines
+from store.models import Job
+from worker.callbacks import JobLedger, LeaseLost, MetricsRecorder
+from worker.job_log import JobLog
+from worker.pack_book import PackBook
+
+
+class _State:
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+    def close(self, epoch: int) -> dict:
+        record = {"epoch": epoch, "train_loss": 1.0 / epoch}
+        self.history.append(record)
+        return record
+
+
+@pytest.fixture
+def trials(make_job, session_factory):
+    """Three claimed jobs of worker "me"."""
+    ids = [make_job({"dataset": {"builtin": "iris"}, "training": {"epochs": 5}})
+           for _ in range(3)]
+    with session_factory() as s:
+        for job_id in ids:
+            jobs.claim_job(s, job_id, worker_id="me", lease_s=60)
+    return ids
+
+
+def _pack(ids, session_factory, flush_s=3600.0):
+    book = PackBook(session_factory, worker_id="me", limits=JobLog(
+        job_id="x", session_factory=session_factory, worker_id="me").limits, flush_s=flush_s)
+    members = []
+    for job_id in ids:
+        ledger = JobLedger(job_id=job_id, session_factory=session_factory, worker_id="me")
+        job_log = JobLog(job_id=job_id, session_factory=session_factory, worker_id="me")
+        book.join(ledger, job_log)
+        state = _State()
+        recorder = MetricsRecorder(ledger, flush_s=flush_s, book=book)
+        recorder.on_train_begin(state)  # type: ignore[arg-type]
+        members.append((ledger, job_log, recorder, state))
+    return book, members
+
+
+def _epochs(session_factory, job_id):
+    with session_factory() as s:
+        return [r["epoch"] for r in jobs.get_metrics(s, job_id)]
+
+
+def _lines(session_factory, job_id):
+    with session_factory() as s:
+        return [line.message for line in get_log_lines(s, job_id)]
+
+
+def _epoch(members, epoch):
+    for _, job_log, recorder, state in members:
+        job_log.info("epoch %s", epoch)
+        recorder.on_epoch_end(state, state.close(epoch))
+
+
+def test_every_trial_is_written_in_one_transaction_per_flush(trials, session_factory):
+    book, members = _pack(trials, session_factory)
+    for _, job_log, _, _ in members:
+        job_log.info("start")
+    _epoch(members, 1)
+    # the pack's first epoch end writes at once (every trial's start, and what has closed)
+    assert book.flushes == 1
+    assert _lines(session_factory, trials[0]) == ["start", "epoch 1"]
+    assert _lines(session_factory, trials[2]) == ["start"]
+    assert _epochs(session_factory, trials[0]) == [1]
+    assert _epochs(session_factory, trials[1]) == []
+    _epoch(members, 2)
+    _epoch(members, 3)
+    assert book.flushes == 1  # not due again within flush_s
+    book.flush()  # the pack trained: the rest, for all, in one more
+    assert book.flushes == 2
+    for job_id in trials:
+        assert _epochs(session_factory, job_id) == [1, 2, 3]
+        assert _lines(session_factory, job_id) == ["start", "epoch 1", "epoch 2", "epoch 3"]
+        with session_factory() as s:
+            job = s.get(Job, job_id)
+            assert job.epoch == 3 and job.metrics_summary
+    assert all(ledger.recorded_through == 3 for ledger, *_ in members)
+    book.flush()  # nothing left: no transaction
+    assert book.flushes == 2
+
+
+def test_a_trial_another_worker_took_gets_nothing_and_stops(trials, session_factory):
+    book, members = _pack(trials, session_factory)
+    with session_factory() as s:
+        s.get(Job, trials[1]).worker_id = "someone-else"
+        s.commit()
+    _epoch(members, 1)  # the first flush finds trial 1 taken
+    _epoch(members, 2)
+    book.flush()
+    assert _epochs(session_factory, trials[0]) == [1, 2]
+    assert _epochs(session_factory, trials[2]) == [1, 2]
+    assert _epochs(session_factory, trials[1]) == [] and _lines(session_factory, trials[1]) == []
+    _, taken_log, taken_recorder, state = members[1]
+    assert taken_log.lease_lost and book.lost(trials[1])
+    with pytest.raises(LeaseLost):  # its next epoch end stops it, as a lone job's would
+        taken_recorder.on_epoch_end(state, state.close(3))
+
+
+def test_a_database_error_keeps_everything_for_the_next_flush(trials, session_factory):
+    book, members = _pack(trials, session_factory)
+    real = book.session_factory
+
+    def down():
+        raise OperationalError("connect", {}, Exception("database is down"))
+
+    book.session_factory = down
+    for _, job_log, _, _ in members:
+        job_log.info("start")
+    with pytest.raises(OperationalError):  # to the trial whose epoch end flushed
+        _epoch(members[:1], 1)
+    assert members[0][0].recorded_through == 0
+    book.session_factory = real
+    _epoch(members[1:], 1)
+    book.flush()
+    for job_id in trials:
+        assert _epochs(session_factory, job_id) == [1]
+        assert _lines(session_factory, job_id) == ["start", "epoch 1"]
