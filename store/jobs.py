@@ -38,6 +38,7 @@ __all__ = [
     "jobs_ahead",
     "list_jobs",
     "claim_job",
+    "claim_queued",
     "renew_lease",
     "record_epochs",
     "add_epochs",
@@ -339,6 +340,34 @@ def claim_job(
         record_job_event(session, job_id, JobStatus.CANCELLED)
     session.commit()
     return None
+
+
+def claim_queued(session: Session, job_ids: Sequence[str], *, worker_id: str, lease_s: float,
+                 max_attempts: int = 3, now: datetime | None = None) -> list[Job]:
+    """`claim_job` for jobs that are queued (the trials a pack takes along, worker.packs),
+    in one conditional UPDATE: those still queued, in the order given. One that is not
+    (taken, cancelled, out of attempts) is left as it is, for its own message. Without a
+    per-tenant running limit only (that needs claim_job's count, one job at a time)."""
+    if not job_ids:
+        return []
+    now = now or utcnow()
+    claimed = set(session.scalars(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED,
+               Job.attempts < max_attempts)
+        .values(status=JobStatus.RUNNING, worker_id=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now), updated_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)))
+    for job_id in job_ids:
+        if job_id in claimed:
+            record_job_event(session, job_id, JobStatus.RUNNING)
+    session.commit()
+    rows = {job.id: job for job in session.scalars(
+        select(Job).where(Job.id.in_(claimed)).execution_options(populate_existing=True))}
+    return [rows[job_id] for job_id in job_ids if job_id in rows]
 
 
 def renew_lease(

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from messaging.live_events import publish_status
 from mlp_engine.errors import NotPackable, SpecError
-from store.jobs import finish_job
+from store.jobs import claim_queued, finish_job
 from store.locks import hold_jobs
 from store.logs import add_log_lines
 from store.models import Job, JobStatus
@@ -40,7 +40,6 @@ from .runner import (
     _load_data,
     _pick_device,
     _say_start,
-    _use_device,
     claim,
     conclude_error,
     decide_ending,
@@ -93,8 +92,13 @@ def pack_companions(ctx: WorkerContext, job: Job) -> list[Job]:
                               Job.id != job.id)
             .order_by(Job.trial).limit((limit - 1) * _LOOK_AHEAD)))
         candidates = [j.id for j in queued if _key(j.spec) == key]
+    s = ctx.settings
+    if not s.max_running_jobs_per_tenant:  # in one UPDATE
+        with ctx.session_factory() as session:
+            return claim_queued(session, candidates[:limit - 1], worker_id=ctx.worker_id,
+                                lease_s=s.lease_seconds, max_attempts=s.max_attempts)
     taken: list[Job] = []
-    for job_id in candidates[:limit - 1]:
+    for job_id in candidates[:limit - 1]:  # each claim counts its tenant's running jobs
         companion, _ = claim(ctx, job_id, companion=True)
         if companion is not None:  # else another worker took it, or it was cancelled
             taken.append(companion)
@@ -136,11 +140,11 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
                 spec = JobSpec.model_validate(job.spec)
                 job_log.info("device: cpu, %s torch threads, packed with %s other trials of "
                              "sweep %s", ctx.num_threads, len(jobs) - 1, sweep_id)
-                _use_device(ctx, job.id, "cpu")
             except Exception as exc:  # noqa: BLE001 - this trial's own: it ends alone
                 statuses[job.id] = conclude_error(ctx, job.id, exc, [], job_log)
                 continue
         live.append((job, spec, job_log, heartbeat))
+    _use_cpu(ctx, [job for job, *_ in live])
     callbacks: dict[str, list[Callback]] = {}
     resumes: dict[str, dict[str, Any] | None] = {}
     book = PackBook(ctx.session_factory, worker_id=ctx.worker_id, limits=ctx.log_limits,
@@ -195,6 +199,20 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
     return statuses
 
 
+def _use_cpu(ctx: WorkerContext, jobs: list[Job]) -> None:
+    """The trials' device (cpu) in their rows, in one UPDATE; then each one's status event
+    (a follower sees where it trains)."""
+    if not jobs:
+        return
+    with ctx.session_factory() as session:
+        session.execute(update(Job).where(Job.id.in_([j.id for j in jobs]))
+                        .values(device="cpu").execution_options(synchronize_session=False))
+        session.commit()
+    if ctx.redis is not None:
+        for job in jobs:
+            publish_status(ctx.redis, _Status(job.id, str(job.status)))
+
+
 def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending]]
                      ) -> dict[str, str]:
     """What `conclude` writes for one job in two transactions (its last log lines, then its
@@ -228,11 +246,11 @@ def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending
             job_log.saved(lasts.get(job.id))
     if ctx.redis is not None:
         for job_id in done:
-            publish_status(ctx.redis, _Ended(job_id, statuses[job_id]))
+            publish_status(ctx.redis, _Status(job_id, statuses[job_id]))
     return {job.id: str(statuses.get(job.id, "missing")) for job, *_ in taken}
 
 
 @dataclass(frozen=True)
-class _Ended:  # what publish_status reads of a job
+class _Status:  # what publish_status reads of a job: its id and status
     id: str
     status: str

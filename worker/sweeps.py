@@ -4,11 +4,13 @@ controller's step right after a trial ends (store.sweeps.advance_sweep)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from messaging.sweeps import publish_sweep_hint, trial_sender
 from mlp_engine.sweep_pruning import TrialPruner
-from store.jobs import get_job
 from store.models import TERMINAL, Job, Sweep
 from store.sweeps import advance_sweep, peer_objectives
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import JobLedger
     from .runner import WorkerContext
 
-__all__ = ["trial_pruner", "after_trial"]
+__all__ = ["trial_pruner", "after_trial", "after_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +57,26 @@ def after_trial(ctx: WorkerContext, job_id: str) -> None:
     """When `job_id` is a sweep's trial that has ended, advance its sweep (new trials, the
     best, the end). A failure here is logged: the reconciler advances every unfinished
     sweep, so nothing is lost."""
+    after_trials(ctx, [job_id])
+
+
+def after_trials(ctx: WorkerContext, job_ids: Sequence[str]) -> None:
+    """`after_trial` for jobs that ended together (a pack's trials): each sweep one of them
+    belongs to is advanced once (advance_sweep looks at all its trials)."""
     with ctx.session_factory() as session:
-        job = get_job(session, job_id)
-        if job is None or not job.sweep_id or job.status not in TERMINAL:
-            return
-        sweep_id = job.sweep_id
-        try:
-            advance_sweep(session, sweep_id, enqueue=trial_sender(ctx.sender(), ctx.redis))
-        except Exception as exc:  # the reconciler's next round advances it
-            log.warning("sweep %s: could not advance after trial job %s: %s", sweep_id,
-                        job_id, exc)
-            return
-    publish_sweep_hint(ctx.redis, sweep_id)
+        sweep_ids = sorted(set(session.scalars(
+            select(Job.sweep_id).where(Job.id.in_(list(job_ids)), Job.sweep_id.is_not(None),
+                                       Job.status.in_(TERMINAL)))))
+        advanced = []
+        for sweep_id in sweep_ids:
+            try:
+                advance_sweep(session, sweep_id,
+                              enqueue=trial_sender(ctx.sender(), ctx.redis))
+            except Exception as exc:  # the reconciler's next round advances it
+                log.warning("sweep %s: could not advance after its trials %s ended: %s",
+                            sweep_id, ", ".join(job_ids), exc)
+                session.rollback()
+                continue
+            advanced.append(sweep_id)
+    for sweep_id in advanced:
+        publish_sweep_hint(ctx.redis, sweep_id)

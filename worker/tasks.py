@@ -9,7 +9,7 @@ from messaging.celery_factory import TRAIN_TASK
 
 from .celery_app import celery_app, settings
 from .runner import WorkerContext, run_job
-from .sweeps import after_trial
+from .sweeps import after_trials
 
 __all__ = ["train_job", "context", "reset_context"]
 
@@ -35,6 +35,5 @@ def train_job(job_id: str) -> dict[str, Any]:
     result = run_job(job_id, ctx)
     # a sweep's trials that ended (the job, and the trials packed with it): the sweep moves
     # on (SPEC 9), once for all of them when they were one pack
-    for ended in [job_id, *result.get("packed", ())]:
-        after_trial(ctx, ended)
+    after_trials(ctx, [job_id, *result.get("packed", ())])
     return result

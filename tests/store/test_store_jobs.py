@@ -125,6 +125,27 @@ def test_terminal_and_cancelled_jobs_are_not_claimed(db_session, tenant):
                           now=utcnow() + timedelta(hours=1)) is None
 
 
+def test_queued_jobs_are_claimed_together_and_only_those(db_session, tenant):
+    from store.locks import hold_jobs
+
+    queued = [new_job(db_session, tenant) for _ in range(3)]
+    taken, cancelled = new_job(db_session, tenant), new_job(db_session, tenant)
+    jobs.claim_job(db_session, taken.id, worker_id="other", lease_s=60)
+    jobs.request_cancel(db_session, cancelled)
+    order = [queued[2].id, taken.id, queued[0].id, cancelled.id, queued[1].id]
+    got = jobs.claim_queued(db_session, order, worker_id="w", lease_s=60)
+    assert [j.id for j in got] == [queued[2].id, queued[0].id, queued[1].id]  # in order
+    assert all(j.status == "running" and j.worker_id == "w" and j.attempts == 1
+               and j.started_at is not None and j.lease_expires_at is not None for j in got)
+    assert jobs.get_job(db_session, taken.id).worker_id == "other"  # left as they were
+    assert jobs.get_job(db_session, cancelled.id).status == "cancelled"
+    assert jobs.claim_queued(db_session, order, worker_id="w2", lease_s=60) == []
+    # a pack's writes hold the rows of the jobs its worker holds, only those
+    held = hold_jobs(db_session, order, "w")
+    db_session.commit()
+    assert held == {j.id for j in queued}
+
+
 def test_cancel_running_job(db_session, tenant):
     job = new_job(db_session, tenant)
     jobs.claim_job(db_session, job.id, worker_id="w", lease_s=30)
