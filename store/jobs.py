@@ -39,6 +39,7 @@ __all__ = [
     "list_jobs",
     "claim_job",
     "claim_queued",
+    "renew_leases",
     "renew_lease",
     "record_epochs",
     "add_epochs",
@@ -392,6 +393,25 @@ def renew_lease(
     if renewed != 1:
         return None
     return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def renew_leases(session: Session, job_ids: Sequence[str], *, worker_id: str, lease_s: float,
+                 now: datetime | None = None) -> dict[str, str]:
+    """`renew_lease` for several jobs of this worker (a pack's trials) in one UPDATE: the
+    status of each job whose lease was extended; a job missing from the answer is no longer
+    this worker's."""
+    if not job_ids:
+        return {}
+    now = now or utcnow()
+    renewed = dict(session.execute(
+        update(Job)
+        .where(Job.id.in_(sorted(job_ids)), Job.worker_id == worker_id,
+               Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .returning(Job.id, Job.status)
+        .execution_options(synchronize_session=False)).all())
+    session.commit()
+    return {job_id: str(status) for job_id, status in renewed.items()}
 
 
 # --------------------------------------------------------------------------- metrics

@@ -38,7 +38,7 @@ from store.jobs import json_safe, record_epochs
 
 from .checkpoints import checkpoint_key, encode_checkpoint
 from .errors import LeaseLost
-from .lease import Heartbeat
+from .lease import Heartbeat, TrialLease
 
 if TYPE_CHECKING:  # pragma: no cover
     from .job_log import JobLog
@@ -290,7 +290,7 @@ class StopWatcher(Callback):
     after it."""
 
     def __init__(self, redis: redis_lib.Redis | None, *, job_id: str,
-                 heartbeat: Heartbeat | None = None, poll_s: float = 0.2) -> None:
+                 heartbeat: Heartbeat | TrialLease | None = None, poll_s: float = 0.2) -> None:
         self.redis = redis
         self.job_id = job_id
         self.heartbeat = heartbeat

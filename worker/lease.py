@@ -1,5 +1,7 @@
 """The lease a running job holds: `Heartbeat` renews it from a thread of its own and notes
-when the job was cancelled or taken over (the callbacks read its two flags)."""
+when the job was cancelled or taken over (the callbacks read its two flags). The trials of a
+pack (worker.packs) share one `PackHeartbeat`, which renews all their leases in one UPDATE
+and keeps the two flags of each trial in a `TrialLease`."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from store.jobs import renew_lease
+from store.jobs import renew_lease, renew_leases
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "PackHeartbeat", "TrialLease"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,60 @@ class Heartbeat(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             self.beat()
             if self.lease_lost:
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=30)
+
+
+class TrialLease:
+    """One trial's view of its pack's heartbeat: the two flags a Heartbeat has."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.cancel_requested = False
+        self.lease_lost = False
+
+
+class PackHeartbeat(threading.Thread):
+    """A Heartbeat for the trials of a pack: every `interval_s` one UPDATE renews the leases
+    of those whose lease is not lost, and each trial's `TrialLease` (in `leases`) notes a
+    cancel or a lost lease. One thread and one database connection for the pack, whatever
+    its size (the worker's connection pool is shared with its training thread)."""
+
+    def __init__(self, *, session_factory: Callable[[], Session], job_ids: list[str],
+                 worker_id: str, lease_s: float, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-pack-{job_ids[0] if job_ids else ''}", daemon=True)
+        self.session_factory = session_factory
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self.leases = {job_id: TrialLease(job_id) for job_id in job_ids}
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        held = [job_id for job_id, lease in self.leases.items() if not lease.lease_lost]
+        try:
+            with self.session_factory() as session:
+                statuses = renew_leases(session, held, worker_id=self.worker_id,
+                                        lease_s=self.lease_s)
+        except SQLAlchemyError as exc:
+            # the leases outlive a short database outage; try again next beat
+            log.warning("could not renew the leases of %d packed trials: %s", len(held), exc)
+            return
+        for job_id in held:
+            status = statuses.get(job_id)
+            if status is None:
+                self.leases[job_id].lease_lost = True
+            elif status == "cancelling":
+                self.leases[job_id].cancel_requested = True
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.beat()
+            if all(lease.lease_lost for lease in self.leases.values()):
                 return
 
     def stop(self) -> None:

@@ -31,7 +31,7 @@ from store.models import Job, JobStatus
 
 from .errors import LeaseLost
 from .job_log import JobLog
-from .lease import Heartbeat
+from .lease import PackHeartbeat, TrialLease
 from .memory_limit import job_memory_limit
 from .pack_book import PackBook
 from .runner import (
@@ -108,32 +108,30 @@ def pack_companions(ctx: WorkerContext, job: Job) -> list[Job]:
 def run_pack(ctx: WorkerContext, jobs: list[Job]) -> dict[str, str]:
     """Train the claimed trials `jobs` together; each one's status, by job id."""
     s = ctx.settings
-    heartbeats = [Heartbeat(session_factory=ctx.session_factory, job_id=j.id,
-                            worker_id=ctx.worker_id, lease_s=s.lease_seconds,
-                            interval_s=s.heartbeat_interval()) for j in jobs]
+    heartbeat = PackHeartbeat(session_factory=ctx.session_factory, job_ids=[j.id for j in jobs],
+                              worker_id=ctx.worker_id, lease_s=s.lease_seconds,
+                              interval_s=s.heartbeat_interval())
     logs = [JobLog(job_id=j.id, session_factory=ctx.session_factory,
                    worker_id=ctx.worker_id, limits=ctx.log_limits) for j in jobs]
-    for heartbeat in heartbeats:
-        heartbeat.start()
+    heartbeat.start()
     try:
         with contextlib.ExitStack() as attached:
             for job_log in logs:  # each listens; each trial's lines are said in its own
                 attached.enter_context(job_log.attached(current=False))
-            return _train_pack(ctx, jobs, heartbeats, logs)
+            return _train_pack(ctx, jobs, [heartbeat.leases[j.id] for j in jobs], logs)
     finally:
-        for heartbeat in heartbeats:
-            heartbeat.stop()
+        heartbeat.stop()
 
 
-def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat],
+def _train_pack(ctx: WorkerContext, jobs: list[Job], leases: list[TrialLease],
                 logs: list[JobLog]) -> dict[str, str]:
     from mlp_engine.packed import fit_packed
     from mlp_engine.spec import JobSpec
 
     sweep_id = jobs[0].sweep_id
     statuses: dict[str, str] = {}
-    live: list[tuple[Job, JobSpec, JobLog, Heartbeat]] = []
-    for job, job_log, heartbeat in zip(jobs, logs, heartbeats, strict=True):
+    live: list[tuple[Job, JobSpec, JobLog, TrialLease]] = []
+    for job, job_log, lease in zip(jobs, logs, leases, strict=True):
         with job_log.speaking():
             _say_start(job)
             try:
@@ -143,7 +141,7 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
             except Exception as exc:  # noqa: BLE001 - this trial's own: it ends alone
                 statuses[job.id] = conclude_error(ctx, job.id, exc, [], job_log)
                 continue
-        live.append((job, spec, job_log, heartbeat))
+        live.append((job, spec, job_log, lease))
     _use_cpu(ctx, [job for job, *_ in live])
     callbacks: dict[str, list[Callback]] = {}
     resumes: dict[str, dict[str, Any] | None] = {}
@@ -152,7 +150,7 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
     try:
         with job_memory_limit(ctx.settings.max_job_memory_bytes):
             x, y = _load_data(ctx, live[0][0]) if live else (None, None)
-            for job, spec, job_log, heartbeat in live:
+            for job, spec, job_log, lease in live:
                 with job_log.speaking():
                     try:
                         resumes[job.id] = _load_checkpoint(ctx, job)
@@ -160,7 +158,7 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], heartbeats: list[Heartbeat]
                         statuses[job.id] = conclude_error(ctx, job.id, exc, [], job_log)
                         continue
                 callbacks[job.id] = job_callbacks(job, spec=spec, ctx=ctx,
-                                                  heartbeat=heartbeat, job_log=job_log,
+                                                  heartbeat=lease, job_log=job_log,
                                                   book=book)
             live = [t for t in live if t[0].id in callbacks]
             for job, *_ in live:

@@ -43,7 +43,7 @@ from .callbacks import (
 from .checkpoints import read_checkpoint
 from .errors import CheckpointUnreadable, LeaseLost
 from .job_log import JobLog, JobLogRecorder, LogLimits, error_lines, job_logger
-from .lease import Heartbeat
+from .lease import Heartbeat, TrialLease
 from .memory_limit import job_memory_limit
 from .settings import WorkerSettings
 
@@ -423,7 +423,7 @@ def _describe_device(device: str, threads: int | None) -> str:
 
 
 def job_callbacks(job: Job, *, spec: JobSpec, ctx: WorkerContext,
-                  heartbeat: Heartbeat | None = None, job_log: JobLog | None = None,
+                  heartbeat: Heartbeat | TrialLease | None = None, job_log: JobLog | None = None,
                   book: PackBook | None = None) -> list[Callback]:
     """The callbacks one attempt of `job` hands to `fit`, in the order they run.
 

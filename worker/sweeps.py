@@ -64,9 +64,9 @@ def after_trials(ctx: WorkerContext, job_ids: Sequence[str]) -> None:
     """`after_trial` for jobs that ended together (a pack's trials): each sweep one of them
     belongs to is advanced once (advance_sweep looks at all its trials)."""
     with ctx.session_factory() as session:
-        sweep_ids = sorted(set(session.scalars(
-            select(Job.sweep_id).where(Job.id.in_(list(job_ids)), Job.sweep_id.is_not(None),
-                                       Job.status.in_(TERMINAL)))))
+        sweep_ids = sorted({sweep_id for sweep_id in session.scalars(
+            select(Job.sweep_id).where(Job.id.in_(list(job_ids)), Job.status.in_(TERMINAL)))
+            if sweep_id})
         advanced = []
         for sweep_id in sweep_ids:
             try:

@@ -132,3 +132,69 @@ def test_a_database_error_keeps_everything_for_the_next_flush(trials, session_fa
     for job_id in trials:
         assert _epochs(session_factory, job_id) == [1]
         assert _lines(session_factory, job_id) == ["start", "epoch 1"]
+
+
+def test_one_heartbeat_renews_every_trial_and_notes_each_ones_flags(trials, session_factory):
+    from worker.lease import PackHeartbeat
+
+    cancelled, taken, running = trials
+    with session_factory() as s:
+        jobs.request_cancel(s, s.get(Job, cancelled))
+        s.get(Job, taken).worker_id = "someone-else"
+        s.commit()
+        before = {j: s.get(Job, j).lease_expires_at for j in trials}
+    heartbeat = PackHeartbeat(session_factory=session_factory, job_ids=trials, worker_id="me",
+                              lease_s=600, interval_s=3600)
+    heartbeat.beat()
+    leases = heartbeat.leases
+    assert leases[cancelled].cancel_requested and not leases[cancelled].lease_lost
+    assert leases[taken].lease_lost and not leases[taken].cancel_requested
+    assert not leases[running].lease_lost and not leases[running].cancel_requested
+    with session_factory() as s:
+        after = {j: s.get(Job, j).lease_expires_at for j in trials}
+    assert after[running] > before[running] and after[cancelled] > before[cancelled]
+    assert after[taken] == before[taken]  # another worker's: not touched
+    heartbeat.start()  # and as a thread, until stopped
+    heartbeat.stop()
+    assert not heartbeat.is_alive()
+
+
+def test_a_pack_trains_and_ends_each_trial_as_its_own(ctx, make_job, session_factory,
+                                                      redis_client):
+    """run_pack in-process: one trial cancelled before it starts, one taken over by another
+    worker, the others trained together, each with its records, log, weights and end."""
+    from messaging.live_events import set_cancel_flag
+    from store.logs import get_log_lines
+    from worker.packs import run_pack
+
+    spec = {"dataset": {"builtin": "iris"}, "model": {"hidden_dims": [8]},
+            "training": {"epochs": 4, "batch_size": 32}}
+    ids = [make_job({**spec, "optimizer": {"name": "adam", "lr": lr}})
+           for lr in (0.001, 0.01, 0.02, 0.05)]
+    with session_factory() as s:
+        claimed = [jobs.claim_job(s, job_id, worker_id=ctx.worker_id, lease_s=60)
+                   for job_id in ids]
+        for job in claimed:
+            s.expunge(job)
+        jobs.request_cancel(s, s.get(Job, ids[1]))
+        s.get(Job, ids[2]).worker_id = "someone-else"
+        s.commit()
+    set_cancel_flag(redis_client, ids[1])
+    statuses = run_pack(ctx, claimed)
+    assert statuses == {ids[0]: "succeeded", ids[1]: "cancelled", ids[2]: "lease_lost",
+                        ids[3]: "succeeded"}
+    for job_id in (ids[0], ids[3]):
+        assert _epochs(session_factory, job_id) == [1, 2, 3, 4]
+        lines = _lines(session_factory, job_id)
+        assert any("packed with 3 other trials" in line for line in lines), lines
+        assert lines[-1].startswith("succeeded after epoch 4")
+        with session_factory() as s:
+            job = s.get(Job, job_id)
+            assert job.weights_sha256 and job.device == "cpu" and job.finished_at
+    assert _epochs(session_factory, ids[2]) == []  # another worker's: nothing written
+    with session_factory() as s:
+        assert s.get(Job, ids[2]).status == "running"
+        assert [line.message for line in get_log_lines(s, ids[1])][-1] == "cancelled by request"
+    for job_id in ids:  # ended: the reconciler tests of this database see none running
+        with session_factory() as s:
+            jobs.finish_job(s, job_id, "failed", error=("test", "ended by the test"))
