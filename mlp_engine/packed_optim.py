@@ -114,20 +114,17 @@ def _stacked_like(params: Tensors) -> Tensors:
     return [torch.zeros_like(p, requires_grad=False) for p in params]
 
 
-class _Adam(StackedOptimizer):
-    """torch.optim.Adam / AdamW with fused=True: per trial one `torch._fused_adam(w)_` call,
-    the step count (float32, as the fused optimiser keeps it) per trial."""
+class _Counted(StackedOptimizer):
+    """An optimiser whose lone state holds a step count (float32, as torch keeps it) and,
+    per parameter, the tensors of `state` under the same keys (Adam, RMSprop)."""
 
-    def _empty_state(self) -> dict[str, Tensors]:
+    def _zero_steps(self) -> None:
         self.steps = torch.zeros(len(self.optimizers), dtype=torch.float32,
                                  device=self.params[0].device)
-        return {"exp_avg": _stacked_like(self.params), "exp_avg_sq": _stacked_like(self.params)}
 
     def _views(self) -> None:
         super()._views()
         self.step_rows = list(self.steps.unbind(0))
-        # the fused kernel takes a step tensor per parameter: the trial's, for each
-        self.step_lists = [[step] * len(self.params) for step in self.step_rows]
 
     def _keep_rows(self, rows: list[int]) -> None:
         self.steps = self.steps[rows]
@@ -137,8 +134,28 @@ class _Adam(StackedOptimizer):
             held = opt.state.get(p)
             if held:
                 self.steps[row] = held["step"]
-                for key in ("exp_avg", "exp_avg_sq"):
+                for key in self.state:
                     self.state[key][i][row].copy_(held[key])
+
+    def _lone_state(self, row: int, i: int) -> dict[str, torch.Tensor] | None:
+        if self.step_rows[row].item() == 0:
+            return None
+        return {"step": self.step_rows[row],
+                **{key: rows[row][i] for key, rows in self.state_rows.items()}}
+
+
+class _Adam(_Counted):
+    """torch.optim.Adam / AdamW with fused=True: per trial one `torch._fused_adam(w)_` call,
+    the step count (float32, as the fused optimiser keeps it) per trial."""
+
+    def _empty_state(self) -> dict[str, Tensors]:
+        self._zero_steps()
+        return {"exp_avg": _stacked_like(self.params), "exp_avg_sq": _stacked_like(self.params)}
+
+    def _views(self) -> None:
+        super()._views()
+        # the fused kernel takes a step tensor per parameter: the trial's, for each
+        self.step_lists = [[step] * len(self.params) for step in self.step_rows]
 
     def step(self) -> None:
         self.steps.add_(1)
@@ -151,12 +168,6 @@ class _Adam(StackedOptimizer):
             kernel(params, g, m[row], v[row], [], self.step_lists[row], lr=group["lr"],
                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                    eps=group["eps"], amsgrad=False, maximize=False)
-
-    def _lone_state(self, row: int, i: int) -> dict[str, torch.Tensor] | None:
-        if self.step_rows[row].item() == 0:
-            return None
-        return {"step": self.step_rows[row], "exp_avg": self.state_rows["exp_avg"][row][i],
-                "exp_avg_sq": self.state_rows["exp_avg_sq"][row][i]}
 
 
 class _SGD(StackedOptimizer):
@@ -196,13 +207,12 @@ class _SGD(StackedOptimizer):
         return {"momentum_buffer": self.state_rows["momentum_buffer"][row][i]}
 
 
-class _RMSprop(StackedOptimizer):
+class _RMSprop(_Counted):
     """torch.optim.RMSprop (not centered), torch's single-tensor formulas on the stacked
     tensors at once: lr and weight_decay per trial, alpha, eps and momentum shared."""
 
     def _empty_state(self) -> dict[str, Tensors]:
-        self.steps = torch.zeros(len(self.optimizers), dtype=torch.float32,
-                                 device=self.params[0].device)
+        self._zero_steps()
         shared = {(g["alpha"], g["eps"], g["momentum"])
                   for g in (opt.param_groups[0] for opt in self.optimizers)}
         if len(shared) != 1:
@@ -212,21 +222,6 @@ class _RMSprop(StackedOptimizer):
         if self.momentum > 0:
             state["momentum_buffer"] = _stacked_like(self.params)
         return state
-
-    def _views(self) -> None:
-        super()._views()
-        self.step_rows = list(self.steps.unbind(0))
-
-    def _keep_rows(self, rows: list[int]) -> None:
-        self.steps = self.steps[rows]
-
-    def _load(self, row: int, opt: torch.optim.Optimizer) -> None:
-        for i, p in enumerate(opt.param_groups[0]["params"]):
-            held = opt.state.get(p)
-            if held:
-                self.steps[row] = held["step"]
-                for key in self.state:
-                    self.state[key][i][row].copy_(held[key])
 
     def _per_trial(self, key: str) -> torch.Tensor:
         return torch.tensor([self._group(r)[key] for r in range(len(self.optimizers))],
@@ -249,12 +244,6 @@ class _RMSprop(StackedOptimizer):
                 param.sub_(buf * lr.view(shape))
             else:
                 param.sub_(grad / avg * lr.view(shape))
-
-    def _lone_state(self, row: int, i: int) -> dict[str, torch.Tensor] | None:
-        if self.step_rows[row].item() == 0:
-            return None
-        return {"step": self.step_rows[row],
-                **{key: rows[row][i] for key, rows in self.state_rows.items()}}
 
 
 # name -> the stacked optimiser; UNIFORM: the spec parameters every trial of a pack shares

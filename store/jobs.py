@@ -25,7 +25,7 @@ from mlp_engine.metric_table import METRICS, is_better
 
 from .errors import ActiveJobsLimit, DatasetGone, JobStateError
 from .idempotency import replayed
-from .locks import hold_job, lock_row
+from .locks import held_by, hold_job, lock_row
 from .models import ACTIVE, TERMINAL, Dataset, Job, JobMetric, JobStatus, Tenant, new_id, utcnow
 from .paging import keyset_page
 from .webhooks import record_job_event
@@ -384,8 +384,7 @@ def renew_lease(
     now = now or utcnow()
     renewed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id,
-               Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+        .where(Job.id == job_id, held_by(worker_id))
         .values(lease_expires_at=now + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -405,8 +404,7 @@ def renew_leases(session: Session, job_ids: Sequence[str], *, worker_id: str, le
     now = now or utcnow()
     renewed = dict(session.execute(
         update(Job)
-        .where(Job.id.in_(sorted(job_ids)), Job.worker_id == worker_id,
-               Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+        .where(Job.id.in_(sorted(job_ids)), held_by(worker_id))
         .values(lease_expires_at=now + timedelta(seconds=lease_s))
         .returning(Job.id, Job.status)
         .execution_options(synchronize_session=False)).all())

@@ -10,18 +10,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from .models import Job, JobStatus, utcnow
 
-__all__ = ["lock_row", "hold_job", "hold_jobs"]
+__all__ = ["lock_row", "hold_job", "hold_jobs", "held_by"]
 
 
 def lock_row(session: Session, model: Any, row_id: str) -> bool:
     """Lock the row of `model` with this id until the transaction ends; False if none."""
     return session.scalar(select(model.id).where(model.id == row_id).with_for_update()) \
         is not None
+
+
+def held_by(worker_id: str) -> ColumnElement[bool]:
+    """The condition of a job that `worker_id` holds: its worker, running or cancelling
+    (the lease's own writes: hold_job, hold_jobs, store.jobs.renew_lease(s))."""
+    return and_(Job.worker_id == worker_id,
+                Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
 
 
 def hold_job(session: Session, job_id: str, worker_id: str | None) -> bool:
@@ -33,8 +40,7 @@ def hold_job(session: Session, job_id: str, worker_id: str | None) -> bool:
     is not changed by anyone else meanwhile."""
     q = update(Job).where(Job.id == job_id)
     if worker_id is not None:
-        q = q.where(Job.worker_id == worker_id,
-                    Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+        q = q.where(held_by(worker_id))
     held = session.execute(q.values(updated_at=utcnow())
                            .execution_options(synchronize_session=False)).rowcount
     if held != 1:
@@ -50,8 +56,7 @@ def hold_jobs(session: Session, job_ids: Sequence[str], worker_id: str) -> set[s
     others and commits."""
     if not job_ids:
         return set()
-    q = (update(Job).where(Job.id.in_(sorted(job_ids)), Job.worker_id == worker_id,
-                           Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+    q = (update(Job).where(Job.id.in_(sorted(job_ids)), held_by(worker_id))
          .values(updated_at=utcnow()).returning(Job.id)
          .execution_options(synchronize_session=False))
     return set(session.scalars(q))

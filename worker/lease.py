@@ -19,7 +19,38 @@ __all__ = ["Heartbeat", "PackHeartbeat", "TrialLease"]
 log = logging.getLogger(__name__)
 
 
-class Heartbeat(threading.Thread):
+class _Beating(threading.Thread):
+    """A thread that calls `beat()` every `interval_s` until stopped or `done()`."""
+
+    def __init__(self, *, name: str, session_factory: Callable[[], Session], worker_id: str,
+                 lease_s: float, interval_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.session_factory = session_factory
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        """Nothing left to renew."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.beat()
+            if self.done():
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=30)
+
+
+class Heartbeat(_Beating):
     """Renews the job's lease every `interval_s` and notes a cancel or a lost lease.
 
     A thread, so that a slow batch or a long evaluation never lets the lease lapse; the
@@ -28,15 +59,11 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, *, session_factory: Callable[[], Session], job_id: str,
                  worker_id: str, lease_s: float, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.session_factory = session_factory
+        super().__init__(name=f"heartbeat-{job_id}", session_factory=session_factory,
+                         worker_id=worker_id, lease_s=lease_s, interval_s=interval_s)
         self.job_id = job_id
-        self.worker_id = worker_id
-        self.lease_s = lease_s
-        self.interval_s = interval_s
         self.cancel_requested = False
         self.lease_lost = False
-        self._stop_event = threading.Event()
 
     def beat(self) -> None:
         try:
@@ -52,16 +79,8 @@ class Heartbeat(threading.Thread):
         elif status == "cancelling":
             self.cancel_requested = True
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            self.beat()
-            if self.lease_lost:
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=30)
+    def done(self) -> bool:
+        return self.lease_lost
 
 
 class TrialLease:
@@ -73,7 +92,7 @@ class TrialLease:
         self.lease_lost = False
 
 
-class PackHeartbeat(threading.Thread):
+class PackHeartbeat(_Beating):
     """A Heartbeat for the trials of a pack: every `interval_s` one UPDATE renews the leases
     of those whose lease is not lost, and each trial's `TrialLease` (in `leases`) notes a
     cancel or a lost lease. One thread and one database connection for the pack, whatever
@@ -81,13 +100,10 @@ class PackHeartbeat(threading.Thread):
 
     def __init__(self, *, session_factory: Callable[[], Session], job_ids: list[str],
                  worker_id: str, lease_s: float, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-pack-{job_ids[0] if job_ids else ''}", daemon=True)
-        self.session_factory = session_factory
-        self.worker_id = worker_id
-        self.lease_s = lease_s
-        self.interval_s = interval_s
+        super().__init__(name=f"heartbeat-pack-{job_ids[0] if job_ids else ''}",
+                         session_factory=session_factory, worker_id=worker_id,
+                         lease_s=lease_s, interval_s=interval_s)
         self.leases = {job_id: TrialLease(job_id) for job_id in job_ids}
-        self._stop_event = threading.Event()
 
     def beat(self) -> None:
         held = [job_id for job_id, lease in self.leases.items() if not lease.lease_lost]
@@ -106,13 +122,5 @@ class PackHeartbeat(threading.Thread):
             elif status == "cancelling":
                 self.leases[job_id].cancel_requested = True
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            self.beat()
-            if all(lease.lease_lost for lease in self.leases.values()):
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=30)
+    def done(self) -> bool:
+        return all(lease.lease_lost for lease in self.leases.values())

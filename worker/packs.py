@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from messaging.live_events import publish_status
@@ -45,6 +44,7 @@ from .runner import (
     decide_ending,
     job_callbacks,
     log_training_starts,
+    use_device,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,7 +142,7 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], leases: list[TrialLease],
                 statuses[job.id] = conclude_error(ctx, job.id, exc, [], job_log)
                 continue
         live.append((job, spec, job_log, lease))
-    _use_cpu(ctx, [job for job, *_ in live])
+    use_device(ctx, [job.id for job, *_ in live], "cpu")
     callbacks: dict[str, list[Callback]] = {}
     resumes: dict[str, dict[str, Any] | None] = {}
     book = PackBook(ctx.session_factory, worker_id=ctx.worker_id, limits=ctx.log_limits,
@@ -197,20 +197,6 @@ def _train_pack(ctx: WorkerContext, jobs: list[Job], leases: list[TrialLease],
     return statuses
 
 
-def _use_cpu(ctx: WorkerContext, jobs: list[Job]) -> None:
-    """The trials' device (cpu) in their rows, in one UPDATE; then each one's status event
-    (a follower sees where it trains)."""
-    if not jobs:
-        return
-    with ctx.session_factory() as session:
-        session.execute(update(Job).where(Job.id.in_([j.id for j in jobs]))
-                        .values(device="cpu").execution_options(synchronize_session=False))
-        session.commit()
-    if ctx.redis is not None:
-        for job in jobs:
-            publish_status(ctx.redis, _Status(job.id, str(job.status)))
-
-
 def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending]]
                      ) -> dict[str, str]:
     """What `conclude` writes for one job in two transactions (its last log lines, then its
@@ -228,12 +214,15 @@ def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending
             lasts = {job.id: add_log_lines(session, job.id, lines, max_lines=limits.max_lines,
                                            max_chars=limits.max_chars)
                      for job, _, lines, _ in taken if lines and job.id in held}
-            done = [job.id for job, _, _, ending in taken if job.id in held and finish_job(
-                session, job.id, ending.status, worker_id=ctx.worker_id, commit=False,
-                **ending.details)]
+            done = set()
+            for job, _, _, ending in taken:
+                if job.id in held and finish_job(session, job.id, ending.status,
+                                                 worker_id=ctx.worker_id, commit=False,
+                                                 **ending.details):
+                    done.add(job.id)
             session.commit()
-            statuses = dict(session.execute(
-                select(Job.id, Job.status).where(Job.id.in_([j.id for j, *_ in taken]))).all())
+            rows = {row.id: row for row in session.scalars(
+                select(Job).where(Job.id.in_([j.id for j, *_ in taken])))}
     except SQLAlchemyError as exc:
         for _, job_log, lines, _ in taken:
             if lines:
@@ -244,11 +233,6 @@ def _finish_together(ctx: WorkerContext, endings: list[tuple[Job, JobLog, Ending
             job_log.saved(lasts.get(job.id))
     if ctx.redis is not None:
         for job_id in done:
-            publish_status(ctx.redis, _Status(job_id, statuses[job_id]))
-    return {job.id: str(statuses.get(job.id, "missing")) for job, *_ in taken}
-
-
-@dataclass(frozen=True)
-class _Status:  # what publish_status reads of a job: its id and status
-    id: str
-    status: str
+            publish_status(ctx.redis, rows[job_id])
+    return {job.id: str(rows[job.id].status) if job.id in rows else "missing"
+            for job, *_ in taken}

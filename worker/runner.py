@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis as redis_lib
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from messaging.live_events import clear_cancel_flag, publish_status, queued_key, redis_from_url
@@ -54,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pack_book import PackBook
 
 __all__ = ["run_job", "job_callbacks", "WorkerContext", "classify_error", "claim",
-           "conclude", "conclude_error", "decide_ending", "Ending", "log_training_starts"]
+           "conclude", "conclude_error", "decide_ending", "Ending", "log_training_starts",
+           "use_device"]
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +224,13 @@ def _publish(ctx: WorkerContext, job: Job) -> None:
         publish_status(ctx.redis, job)
 
 
-def _set_device(ctx: WorkerContext, job_id: str, device: str) -> Job | None:
+def _set_device(ctx: WorkerContext, job_ids: list[str], device: str) -> list[Job]:
+    """The jobs' device in their rows, in one UPDATE; the rows as they are now."""
     with ctx.session_factory() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return None
-        job.device = device
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(device=device)
+                        .execution_options(synchronize_session=False))
         session.commit()
-        return job
+        return list(session.scalars(select(Job).where(Job.id.in_(job_ids))))
 
 
 def _finish(ctx: WorkerContext, job_id: str, status: str, **kwargs: Any) -> str:
@@ -270,7 +271,7 @@ def _train_logged(job: Job, ctx: WorkerContext, heartbeat: Heartbeat, job_log: J
         spec = JobSpec.model_validate(job.spec)
         device = _pick_device(spec.device)
         job_logger.info("device: %s", _describe_device(device, ctx.num_threads))
-        _use_device(ctx, job_id, device)
+        use_device(ctx, [job_id], device)
         # the job's memory is bounded from its data on: a wrong estimate fails this job
         # (out_of_memory), never the host
         with job_memory_limit(ctx.settings.max_job_memory_bytes):
@@ -303,10 +304,11 @@ def _say_start(job: Job) -> None:
                         int(job.epochs or 0))
 
 
-def _use_device(ctx: WorkerContext, job_id: str, device: str) -> None:
-    current = _set_device(ctx, job_id, device)
-    if current is not None:
-        _publish(ctx, current)
+def use_device(ctx: WorkerContext, job_ids: list[str], device: str) -> None:
+    """Where the jobs train (one job, or the trials of a pack), in their rows; then each
+    one's status event, so that a follower sees it."""
+    for job in _set_device(ctx, job_ids, device):
+        _publish(ctx, job)
 
 
 def log_training_starts(ctx: WorkerContext, job: Job, resume: dict[str, Any] | None,

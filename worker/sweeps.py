@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import JobLedger
     from .runner import WorkerContext
 
-__all__ = ["trial_pruner", "after_trial", "after_trials"]
+__all__ = ["trial_pruner", "after_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,11 @@ def trial_pruner(job: Job, *, ctx: WorkerContext, ledger: JobLedger) -> TrialPru
                        peers=peers, before_decision=write_records)
 
 
-def after_trial(ctx: WorkerContext, job_id: str) -> None:
-    """When `job_id` is a sweep's trial that has ended, advance its sweep (new trials, the
-    best, the end). A failure here is logged: the reconciler advances every unfinished
-    sweep, so nothing is lost."""
-    after_trials(ctx, [job_id])
-
-
 def after_trials(ctx: WorkerContext, job_ids: Sequence[str]) -> None:
-    """`after_trial` for jobs that ended together (a pack's trials): each sweep one of them
-    belongs to is advanced once (advance_sweep looks at all its trials)."""
+    """When jobs that ended (one job, or the trials of a pack) are sweeps' trials, advance
+    each of their sweeps once (new trials, the best, the end; advance_sweep looks at all its
+    trials). A failure is logged: the reconciler advances every unfinished sweep, so
+    nothing is lost."""
     with ctx.session_factory() as session:
         sweep_ids = sorted({sweep_id for sweep_id in session.scalars(
             select(Job.sweep_id).where(Job.id.in_(list(job_ids)), Job.status.in_(TERMINAL)))

@@ -214,6 +214,17 @@ def fresh_database(directory: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- the stack
 
 
+def job_row(session_factory: Any, job_id: str) -> Any:
+    """The job's row as it is now, detached (None when there is none)."""
+    from store.models import Job
+
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            session.expunge(job)
+        return job
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """Our environment without any service setting, plus `extra`."""
     env = {k: v for k, v in os.environ.items()
@@ -326,13 +337,7 @@ class Stack:
                                   hasher=hasher)
 
     def job(self, job_id: str) -> Any:
-        from store.models import Job
-
-        with self.session_factory() as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                session.expunge(job)
-            return job
+        return job_row(self.session_factory, job_id)
 
     def epochs(self, job_id: str) -> list[int]:
         from store.jobs import get_metrics

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from tests.faults.procs import Proc, base_env, spawn, wait_for
+from tests.faults.procs import Proc, base_env, job_row, spawn, wait_for
 from tests.s3_server import REGION, MotoServer
 
 __all__ = ["Link", "TwoHosts", "namespaces_unavailable", "two_hosts"]
@@ -297,13 +297,7 @@ class TwoHosts:
             return create_api_key(session, f"t-{uuid.uuid4().hex[:10]}", hasher=hasher)
 
     def job(self, job_id: str) -> Any:
-        from store.models import Job
-
-        with self.session_factory() as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                session.expunge(job)
-            return job
+        return job_row(self.session_factory, job_id)
 
     def worker_logs(self, host: str | None = None) -> str:
         hosts = [host] if host else ["A", "B"]
